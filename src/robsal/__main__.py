@@ -1,0 +1,5 @@
+import sys
+
+from robsal.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""robsal.attacks"""

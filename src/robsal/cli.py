@@ -1,0 +1,92 @@
+"""``robsal`` command line: a thin layer over the stage functions.
+
+Each package contributes its subcommands through a ``register(subparsers)``
+function in its ``cli`` module; this file only wires them together and turns
+:class:`~robsal.errors.UserError` into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from robsal import __version__
+from robsal.errors import UserError
+
+# Modules that provide subcommands, in the order `robsal --help` lists them.
+COMMAND_MODULES = (
+    "robsal.experiments.cli",  # run
+    "robsal.data.cli",  # data synth, data check
+    "robsal.training.cli",  # tune, train, evaluate-robustness
+    "robsal.saliency.cli",  # explain
+    "robsal.metrics.cli",  # evaluate
+    "robsal.report.cli",  # report
+)
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str | None = "quick") -> None:
+    """--config and --set, shared by every command that reads a config."""
+    p.add_argument(
+        "--config",
+        "-c",
+        default=default,
+        help=f"preset name (tiny, quick, paper) or YAML file (default: {default})",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.phase2.epochs=3 (repeatable)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the config's)")
+
+
+def config_from_args(args: argparse.Namespace):  # -> Config
+    from robsal.config import load_config
+
+    overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    if getattr(args, "data", None):
+        overrides.append(f"data.root={args.data}")
+        if not any(o.startswith("data.source=") for o in overrides):
+            overrides.append("data.source=auto")
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robsal",
+        description="Robust saliency: adversarial training for sharper, measured explanations "
+        "of medical-image classifiers (Margeloiu et al. 2020).",
+    )
+    parser.add_argument("--version", action="version", version=f"robsal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"robsal: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("robsal: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

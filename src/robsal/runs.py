@@ -1,0 +1,103 @@
+"""The run directory: creation, resolved config, stage bookkeeping.
+
+Layout (a contract; see DESIGN.md)::
+
+    RUN/config.yaml   RUN/splits.csv   RUN/models/<name>/...   RUN/saliency/<model>/<method>.npz
+    RUN/metrics/...   RUN/figures/...  RUN/report.html         RUN/stages.json
+
+``stages.json`` maps a stage name to its completion record (time, seconds, and a
+fingerprint of the config sections the stage depends on). A stage is done when
+its record exists and its fingerprint still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robsal.config import Config, from_dict, load_run_config
+from robsal.errors import ConfigError
+from robsal.io import read_json, write_json, write_text
+from robsal.utils import git_commit
+
+STAGES_FILE = "stages.json"
+
+
+def init_run(cfg: Config, run_dir: str | Path, *, allow_changed: bool = False) -> Path:
+    """Create ``run_dir`` and write ``config.yaml``.
+
+    If the directory already holds a config that differs from ``cfg`` (other than
+    the device), refuse unless ``allow_changed``: reusing a run with another
+    config would mix results.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists() and not allow_changed:
+        old = load_run_config(run_dir).to_dict()
+        new = cfg.to_dict()
+        old.pop("device", None)
+        new.pop("device", None)
+        if old != new:
+            diff = _first_difference(old, new)
+            raise ConfigError(
+                f"{run_dir} was made with another config ({diff}); use a new --out folder "
+                "or the same config"
+            )
+    write_text(cfg_path, cfg.to_yaml())
+    meta_path = run_dir / "run.json"
+    meta = read_json(meta_path) if meta_path.exists() else {"created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta.update({"commit": git_commit(), "seed": cfg.seed, "config_name": cfg.name})
+    write_json(meta_path, meta)
+    return run_dir
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return _first_difference(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)
+    return f"{prefix}: {old!r} -> {new!r}"
+
+
+def fingerprint(cfg: Config, *sections: str) -> str:
+    """Hash of the named config sections (all of them when none are named)."""
+    d = cfg.to_dict()
+    part = {s: d[s] for s in sections} if sections else d
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_stages(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / STAGES_FILE
+    if not path.exists():
+        return {}
+    try:
+        return read_json(path)
+    except json.JSONDecodeError:
+        return {}
+
+
+def is_done(run_dir: str | Path, stage: str, fp: str | None = None) -> bool:
+    rec = read_stages(run_dir).get(stage)
+    return rec is not None and (fp is None or rec.get("fingerprint") == fp)
+
+
+def mark_done(run_dir: str | Path, stage: str, seconds: float | None = None, fp: str | None = None, **info: Any) -> None:
+    stages = read_stages(run_dir)
+    stages[stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds, "fingerprint": fp, **info}
+    write_json(Path(run_dir) / STAGES_FILE, stages)
+
+
+def clear_stage(run_dir: str | Path, stage: str) -> None:
+    stages = read_stages(run_dir)
+    if stages.pop(stage, None) is not None:
+        write_json(Path(run_dir) / STAGES_FILE, stages)
+
+
+def config_from_yaml_text(text: str) -> Config:
+    return from_dict(yaml.safe_load(text) or {})

@@ -1,0 +1,5 @@
+"""Subcommands of robsal.training (placeholder until the stage lands)."""
+
+
+def register(sub) -> None:  # noqa: ANN001
+    return None

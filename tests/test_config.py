@@ -1,0 +1,78 @@
+import pytest
+
+from robsal.config import from_dict, load_config, parse_override, preset_names
+from robsal.errors import ConfigError
+
+
+def test_presets_load_and_validate():
+    assert {"tiny", "quick", "paper"} <= set(preset_names())
+    for name in ("tiny", "quick", "paper"):
+        cfg = load_config(name)
+        assert cfg.name == name
+
+
+def test_paper_preset_has_the_papers_hyper_parameters():
+    cfg = load_config("paper")
+    p1, p2 = cfg.train.phase1, cfg.train.phase2
+    assert (p1.epochs, p1.batch_size, p1.lr, p1.trainable) == (10, 32, 1e-3, "head")
+    assert (p2.epochs, p2.batch_size, p2.lr, p2.lr_decay_epochs, p2.lr_decay) == (25, 16, 3e-4, [15], 0.1)
+    assert cfg.train.betas == [0.9, 0.999] and cfg.train.weight_decay == 5e-4
+    assert (cfg.adversary.norm, cfg.adversary.steps, cfg.adversary.step_size_factor) == ("l2", 7, 0.2)
+    assert cfg.data.image_size == 224 and cfg.eps_l2(4) == pytest.approx(4.0)
+    assert (cfg.data.train_per_class, cfg.data.test_per_class, cfg.data.val_per_class) == (800, 299, 50)
+    assert cfg.tune.lrs == [1e-3, 3e-4, 1e-4] and cfg.tune.batch_sizes == [8, 16, 32]
+
+
+def test_eps_scales_with_side_length():
+    cfg = load_config("tiny", ["data.image_size=112"])
+    assert cfg.eps_l2(4) == pytest.approx(2.0)
+    cfg = load_config("tiny", ["adversary.eps_reference_size=null"])
+    assert cfg.eps_l2(4) == 4.0
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["train.phase2.epochs=3", "data.classes=[a, b]", "train.phase1.lr=1e-4"])
+    assert cfg.train.phase2.epochs == 3
+    assert cfg.data.classes == ["a", "b"]
+    assert cfg.train.phase1.lr == 1e-4
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+@pytest.mark.parametrize(
+    "override, culprit",
+    [
+        ("data.foo=1", "data.foo"),
+        ("train.phase1.epochs=1.5", "train.phase1.epochs"),
+        ("data.image_size=8", "data.image_size"),
+        ("adversary.steps=0", "adversary.steps"),
+        ("data.split_by=patient", "data.split_by"),
+        ("data.classes=[a]", "data.classes"),
+        ("augment.hflip=maybe", "augment.hflip"),
+        ("models=[{name: a, eps: -1}]", "eps"),
+        ("models=[{name: ../x, eps: 1}]", "models.name"),
+    ],
+)
+def test_bad_values_name_the_key(override, culprit):
+    with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):
+        load_config("tiny", [override])
+
+
+def test_unknown_preset_lists_presets(tmp_path):
+    with pytest.raises(ConfigError, match="presets: .*quick"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_yaml_file_with_base(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: tiny\ntrain:\n  phase2:\n    epochs: 4\n")
+    cfg = load_config(f)
+    assert cfg.name == "tiny" and cfg.train.phase2.epochs == 4 and cfg.data.image_size == 32
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("quick")
+    assert from_dict(cfg.to_dict()) == cfg
