@@ -134,16 +134,17 @@ def load_pretrained(net: nn.Module, path: str | Path) -> None:
             ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
-    head = {k for k, v in net.state_dict().items()}
     own = net.state_dict()
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in keep and not _is_head_key(net, k)]
-    if missing:
+    head_prefixes = tuple(name + "." for name, mod in net.named_children() if mod is _head_of(net))
+    extra = [k for k in state if k not in own and not k.startswith(head_prefixes)]
+    bad = missing + extra
+    if bad:
         raise CheckpointError(
-            f"{path} does not fit {type(net).__name__}: {len(missing)} keys missing or mis-shaped "
-            f"(first: {missing[0]}); is it the checkpoint of this architecture?"
+            f"{path} does not fit {type(net).__name__}: {len(bad)} keys missing, extra or mis-shaped "
+            f"(first: {bad[0]}); is it the checkpoint of this architecture?"
         )
-    del head
     net.load_state_dict(keep, strict=False)
 
 
