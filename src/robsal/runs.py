@@ -101,3 +101,46 @@ def clear_stage(run_dir: str | Path, stage: str) -> None:
 
 def config_from_yaml_text(text: str) -> Config:
     return from_dict(yaml.safe_load(text) or {})
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``RUN/.lock``), held while a command writes to it.
+
+    A second process that tries to use the same run directory is refused with a
+    message naming the holder's PID, instead of both writing the same files.
+    The lock is an ``fcntl`` lock, released by the OS if the holder dies.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ConfigError(
+                f"{self.path.parent} is in use by PID {holder}; wait for it to finish or use another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
