@@ -189,6 +189,8 @@ class SaliencyConfig:
     smoothgrad_noise: float = 0.15  # fraction of the input range
     reduction: Literal["paper", "captum"] = "paper"
     batch_size: int = 16
+    gradcam_layer: str | None = None  # dotted module path; None = net.layer4 (ResNet) or the last Conv2d
+    figure_images: int = 12  # images shown in the saliency figures (all selected ones are saved)
 
 
 @dataclass
@@ -489,6 +491,10 @@ def validate(cfg: Config) -> None:
     need(cfg.robustness.steps >= 1, "robustness.steps", "must be >= 1")
     need(cfg.saliency.n_per_class >= 1, "saliency.n_per_class", "must be >= 1")
     need(cfg.saliency.ig_steps >= 1, "saliency.ig_steps", "must be >= 1")
+    need(cfg.saliency.smoothgrad_samples >= 1, "saliency.smoothgrad_samples", "must be >= 1")
+    need(cfg.saliency.smoothgrad_noise >= 0, "saliency.smoothgrad_noise", "must be >= 0")
+    need(cfg.saliency.batch_size >= 1, "saliency.batch_size", "must be >= 1")
+    need(cfg.saliency.figure_images >= 0, "saliency.figure_images", "must be >= 0")
     need(cfg.metrics.n_bootstrap >= 100, "metrics.n_bootstrap", "must be >= 100")
     need(0 < cfg.metrics.alpha < 1, "metrics.alpha", "must lie in (0, 1)")
     need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
