@@ -202,6 +202,11 @@ class MetricsConfig:
     sanity: bool = True
     sanity_images: int = 8
     stability: bool = True
+    deletion_fill: Literal["blur", "mean"] = "blur"  # what replaces deleted pixels
+    sensitivity: bool = True  # max-sensitivity on sanity_images images
+    sensitivity_radius: float = 0.02  # L-inf noise radius, [0, 1] pixel units
+    sensitivity_samples: int = 4
+    batch_size: int = 64  # images per forward pass in the faithfulness curves
 
 
 @dataclass
@@ -497,4 +502,9 @@ def validate(cfg: Config) -> None:
     need(cfg.saliency.figure_images >= 0, "saliency.figure_images", "must be >= 0")
     need(cfg.metrics.n_bootstrap >= 100, "metrics.n_bootstrap", "must be >= 100")
     need(0 < cfg.metrics.alpha < 1, "metrics.alpha", "must lie in (0, 1)")
+    need(cfg.metrics.deletion_steps >= 2, "metrics.deletion_steps", "must be >= 2")
+    need(cfg.metrics.sanity_images >= 2, "metrics.sanity_images", "must be >= 2 (the random-pair floor)")
+    need(cfg.metrics.sensitivity_radius > 0, "metrics.sensitivity_radius", "must be > 0")
+    need(cfg.metrics.sensitivity_samples >= 1, "metrics.sensitivity_samples", "must be >= 1")
+    need(cfg.metrics.batch_size >= 1, "metrics.batch_size", "must be >= 1")
     need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
