@@ -1,5 +1,110 @@
-"""Subcommands of robsal.training (placeholder until the stage lands)."""
+"""Subcommands ``robsal tune``, ``robsal train`` and ``robsal evaluate-robustness``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from robsal.cli import add_config_args
+
+    add_config_args(p)
+    p.add_argument("--out", "-o", required=True, type=Path, help="run directory (created if needed)")
+    p.add_argument("--data", default=None, help="dataset folder (HAM10000 layout or class folders)")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="local torchvision ImageNet checkpoint (.pth or .safetensors); never downloaded")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _setup(args: argparse.Namespace):
+    from robsal.cli import config_from_args
+    from robsal.data import prepare  # type: ignore[attr-defined]
+    from robsal.runs import init_run
+
+    if args.pretrained:
+        args.overrides = list(args.overrides) + ["model.pretrained=true", f"model.pretrained_path={args.pretrained}"]
+    cfg = config_from_args(args)
+    run_dir = init_run(cfg, args.out)
+    data = prepare(cfg, run_dir, progress=args.progress)
+    return cfg, run_dir, data
+
+
+def _train(args: argparse.Namespace) -> int:
+    from robsal.io import read_json
+    from robsal.training.train import train_models
+
+    cfg, run_dir, data = _setup(args)
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    start = time.perf_counter()
+    dirs = train_models(cfg, run_dir, data, names=names, progress=args.progress)
+    for name, d in dirs.items():
+        m = read_json(d / "model.json")["metrics"]
+        rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in m["robust_accuracy"].items())
+        print(f"{name}: clean {m['clean_accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}; robust {rob}")
+    print(f"trained {len(dirs)} model(s) into {run_dir / 'models'} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from robsal.training.cv import tune
+
+    cfg, run_dir, data = _setup(args)
+    best = tune(cfg, run_dir, data, progress=args.progress)
+    print(f"best: lr={best['lr']:g} batch_size={best['batch_size']} "
+          f"(accuracy {best['mean_accuracy']:.3f} +- {best['std_accuracy']:.3f}); "
+          f"table: {run_dir / 'tune' / 'cv_table.csv'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from robsal.config import load_run_config
+    from robsal.data import load_run_data  # type: ignore[attr-defined]
+    from robsal.errors import CheckpointError
+    from robsal.models import load, save
+    from robsal.training.evaluate import evaluate_model
+    from robsal.utils import resolve_device
+
+    run_dir = Path(args.run)
+    cfg = load_run_config(run_dir)
+    device = resolve_device(args.device or cfg.device)
+    data = load_run_data(run_dir)
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else [m.name for m in cfg.models]
+    eps = [float(e) for e in args.eps.split(",")] if args.eps else None
+    for name in names:
+        d = run_dir / "models" / name
+        if not (d / "model.json").exists():
+            raise CheckpointError(f"no trained model {name!r} in {run_dir / 'models'}; run robsal train first")
+        model = load(d, device)
+        metrics = evaluate_model(model, data, cfg, device=device, eps=eps, steps=args.steps,
+                                 max_images=args.max_images, progress=args.progress, desc=name)
+        old = dict(model.meta.get("metrics", {}))
+        robust = dict(old.get("robust_accuracy", {}))
+        robust.update(metrics["robust_accuracy"])
+        metrics["robust_accuracy"] = dict(sorted(robust.items(), key=lambda kv: float(kv[0])))
+        save(model, d, metrics={**old, **metrics})
+        rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in metrics["robust_accuracy"].items())
+        print(f"{name}: clean {metrics['clean_accuracy']:.3f}; robust {rob}")
+    return 0
 
 
 def register(sub) -> None:  # noqa: ANN001
-    return None
+    p = sub.add_parser("tune", help="5-fold CV grid search of phase-2 lr x batch size (standard training)")
+    _common(p)
+    p.set_defaults(func=_tune)
+
+    p = sub.add_parser("train", help="train every model the config lists (standard and adversarial)")
+    _common(p)
+    p.add_argument("--models", default=None, help="comma-separated model names (default: all in the config)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate-robustness", help="clean and PGD accuracy of a run's models (updates model.json)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: all)")
+    p.add_argument("--eps", default=None, help="comma-separated eps in paper units (default: robustness.eps)")
+    p.add_argument("--steps", type=int, default=None, help="PGD steps (default: robustness.steps)")
+    p.add_argument("--max-images", type=int, default=None, help="robust accuracy on at most this many test images")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=_evaluate)

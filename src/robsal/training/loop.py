@@ -1,0 +1,145 @@
+"""One training epoch, standard or adversarial (paper Section 2, Appendix A).
+
+Adversarial training follows Madry et al. and the paper's code: every training
+batch is replaced by its PGD adversarial examples (the loss is computed on the
+adversarial images only, no clean/adversarial mix). The attack runs with the
+model in eval mode (see :mod:`robsal.attacks.pgd`), the update in train mode.
+
+Randomness is derived from ``(seed, epoch)`` only (data order on the CPU,
+augmentation and attack start on the device), so
+
+* the standard and the robust model of a run see the same images in the same
+  order with the same augmentations (the attack has its own generator), and
+* training resumed at epoch ``e`` (e.g. a CV cell that reuses a cached phase 1)
+  continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from robsal.attacks import pgd
+
+Augment = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """PGD settings for training or evaluation; ``eps`` is the raw radius in [0, 1] pixel space."""
+
+    eps: float
+    norm: str = "l2"
+    steps: int = 7
+    step_size: float | None = None  # None = eps / 5
+    random_start: bool = True
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return pgd(
+            model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,  # type: ignore[arg-type]
+            step_size=self.step_size, random_start=self.random_start, generator=generator,
+        )
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A distinct 63-bit seed per (run seed, global epoch, stream); streams: 0 order, 1 augment, 2 attack."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+def show_progress(progress: bool) -> bool:
+    """Progress bars only when asked for and stderr is a terminal."""
+    return bool(progress) and sys.stderr.isatty()
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU training stays float32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(
+    model: nn.Module,
+    data,  # robsal.data.PreparedData
+    train_idx: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    adversary: Adversary | None = None,
+    augment: Augment | None = None,
+    amp: bool = False,
+    progress: bool = True,
+    desc: str = "",
+) -> dict[str, float]:
+    """Train ``model`` for one pass over ``train_idx`` (shuffled by ``(seed, epoch)``).
+
+    Returns ``train_loss`` (mean cross-entropy of the inputs trained on), ``batch_accuracy``
+    (accuracy on those inputs: clean+augmented for standard training, adversarial for
+    adversarial training), ``epoch_seconds`` and ``images_per_second``.
+    The last partial batch is kept (the paper's data are 2400 images; nothing is dropped).
+    """
+    order_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
+    aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 1))
+    adv_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 2))
+    perm = np.asarray(train_idx)[torch.randperm(len(train_idx), generator=order_gen).numpy()]
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n_batches = (len(perm) + batch_size - 1) // batch_size
+    bar = tqdm(total=len(perm), desc=desc, unit="img", leave=False, disable=not show_progress(progress))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for b in range(n_batches):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        x, y = data.batch(idx, device)  # (B, 3, S, S) float [0, 1], (B,) int64
+        if augment is not None:
+            x = augment(x, generator=aug_gen)
+        with autocast(device, amp):
+            if adversary is not None and adversary.eps > 0:
+                x = adversary(model, x, y, generator=adv_gen)  # model is back in train mode after
+            logits = model(x)  # (B, K)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # accumulate on the device: no host sync inside the loop
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
+        bar.update(len(idx))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    bar.close()
+    n = max(len(perm), 1)
+    return {
+        "train_loss": float(loss_sum) / n,
+        "batch_accuracy": float(correct) / n,
+        "epoch_seconds": seconds,
+        "images_per_second": len(perm) / max(seconds, 1e-9),
+    }
+
+
+def make_augment(augment_cfg) -> Augment | None:  # augment_cfg: robsal.config.AugmentConfig
+    """The data layer's batched augmenter (Appendix A augmentations), or None when disabled."""
+    if not augment_cfg.enabled:
+        return None
+    try:
+        from robsal.data import Augmenter  # type: ignore[attr-defined]
+    except ImportError:  # the data layer ships it; without it training runs unaugmented
+        return None
+    return Augmenter(augment_cfg)

@@ -1,0 +1,281 @@
+"""Standard and adversarial training of every model a config lists (paper Section 2, Appendix A).
+
+The paper's method: tune hyper-parameters with standard training (``robsal tune``,
+:mod:`robsal.training.cv`), then train the same model from scratch with PGD
+adversarial training reusing them. Here every model of ``cfg.models`` (eps = 0:
+standard; eps > 0: adversarial, eps in paper units) is trained with the same
+seed, the same initial weights, the same data order and augmentations, and the
+same hyper-parameters; only the inputs of the update differ.
+
+Tuned hyper-parameters: when ``RUN/tune/best.json`` exists (written by
+``robsal tune``), its ``lr`` and ``batch_size`` replace ``train.phase2.lr`` and
+``train.phase2.batch_size`` for every model trained in that run (the paper tuned
+the fine-tuning phase only); model.json records them under ``"tuned"``.
+
+Output per model (``RUN/models/<name>/``): ``model.safetensors``, ``model.json``
+(with ``"metrics"``), ``history.jsonl`` (one JSON object per epoch). A model whose
+model.json carries metrics and the same training fingerprint is skipped (resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robsal.config import Config, ModelSpec, PhaseConfig
+from robsal.errors import ConfigError, DataError
+from robsal.io import append_jsonl, read_json
+from robsal.training.evaluate import accuracy, evaluate_model
+from robsal.training.loop import Adversary, Augment, make_augment, show_progress, train_epoch
+from robsal.training.phases import make_optimizer, make_scheduler, set_trainable
+from robsal.utils import git_commit, resolve_device, seed_everything
+
+TRAIN_ACCURACY_IMAGES = 256  # clean train accuracy per epoch is measured on this many train images
+
+
+def adversary_for(cfg: Config, eps: float) -> Adversary | None:
+    """The training adversary for a model with ``eps`` in paper units (None for eps = 0)."""
+    if eps <= 0:
+        return None
+    radius = cfg.eps_l2(eps) if cfg.adversary.norm == "l2" else float(eps)
+    return Adversary(
+        eps=radius,
+        norm=cfg.adversary.norm,
+        steps=cfg.adversary.steps,
+        step_size=radius * cfg.adversary.step_size_factor,
+        random_start=cfg.adversary.random_start,
+    )
+
+
+def fit(
+    model: nn.Module,
+    data,  # robsal.data.PreparedData
+    train_idx: np.ndarray,
+    phases: list[tuple[str, PhaseConfig]],
+    *,
+    cfg: Config,
+    seed: int,
+    device: torch.device,
+    adversary: Adversary | None = None,
+    augment: Augment | None = None,
+    val_idx: np.ndarray | None = None,
+    train_eval_idx: np.ndarray | None = None,
+    start_epoch: int = 0,
+    history_path: Path | None = None,
+    progress: bool = True,
+    name: str = "",
+    tb_writer: Any = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` through ``phases`` in order; returns (and appends to ``history_path``) one record per epoch.
+
+    ``start_epoch`` is the number of epochs already trained (global epoch numbering,
+    which also seeds the data order: see :mod:`robsal.training.loop`).
+    """
+    history: list[dict[str, Any]] = []
+    epoch = start_epoch
+    for phase_name, phase in phases:
+        if phase.epochs == 0:
+            continue
+        params = set_trainable(model, phase.trainable)
+        optimizer = make_optimizer(params, phase, cfg.train.betas, cfg.train.weight_decay)
+        scheduler = make_scheduler(optimizer, phase)
+        for phase_epoch in range(1, phase.epochs + 1):
+            epoch += 1
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_epoch(
+                model, data, train_idx, optimizer,
+                batch_size=phase.batch_size, seed=seed, epoch=epoch, device=device,
+                adversary=adversary, augment=augment, amp=cfg.train.amp, progress=progress,
+                desc=f"{name} {phase_name} {phase_epoch}/{phase.epochs}".strip(),
+            )
+            scheduler.step()
+            bs = cfg.train.eval_batch_size
+            rec: dict[str, Any] = {
+                "epoch": epoch,
+                "phase": phase_name,
+                "phase_epoch": phase_epoch,
+                "lr": lr,
+                "batch_size": phase.batch_size,
+                "train_loss": stats["train_loss"],
+                # clean accuracy (eval mode, no augmentation) on a fixed subset of the train split
+                "train_accuracy": accuracy(model, data, train_eval_idx, device=device, batch_size=bs)
+                if train_eval_idx is not None and len(train_eval_idx) else None,
+                # accuracy on the adversarial inputs the update was computed on (robust models)
+                "adv_train_accuracy": stats["batch_accuracy"] if adversary is not None else None,
+                "val_accuracy": accuracy(model, data, val_idx, device=device, batch_size=bs)
+                if val_idx is not None and len(val_idx) else None,
+                "epoch_seconds": stats["epoch_seconds"],
+                "images_per_second": stats["images_per_second"],
+            }
+            if adversary is None:
+                rec["batch_accuracy"] = stats["batch_accuracy"]  # clean augmented training batches
+            history.append(rec)
+            if history_path is not None:
+                append_jsonl(history_path, rec)
+            if tb_writer is not None:
+                for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy", "images_per_second"):
+                    if rec[k] is not None:
+                        tb_writer.add_scalar(k, rec[k], epoch)
+            if show_progress(progress):
+                shown = {k: rec[k] for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy")}
+                print(f"{name} epoch {epoch} ({phase_name}): " + ", ".join(
+                    f"{k}={v:.3f}" for k, v in shown.items() if v is not None), flush=True)
+    for p in model.parameters():  # leave the model fully trainable, as built
+        p.requires_grad_(True)
+    return history
+
+
+def tuned_hyperparameters(run_dir: Path) -> dict[str, Any] | None:
+    """``RUN/tune/best.json`` (lr, batch_size) when ``robsal tune`` ran in this run, else None."""
+    path = Path(run_dir) / "tune" / "best.json"
+    if not path.exists():
+        return None
+    try:
+        best = read_json(path)
+        return {"lr": float(best["lr"]), "batch_size": int(best["batch_size"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path} is not a robsal tune result (needs lr and batch_size); delete it or re-run robsal tune") from None
+
+
+def apply_tuned(cfg: Config, tuned: dict[str, Any] | None) -> Config:
+    """A copy of ``cfg`` with the tuned phase-2 lr and batch size (the paper tuned fine-tuning)."""
+    cfg = copy.deepcopy(cfg)
+    if tuned:
+        cfg.train.phase2.lr = tuned["lr"]
+        cfg.train.phase2.batch_size = tuned["batch_size"]
+    return cfg
+
+
+def training_fingerprint(cfg: Config, spec: ModelSpec) -> str:
+    """Hash of everything that determines a trained model (config sections, spec, seed)."""
+    d = cfg.to_dict()
+    part = {k: d[k] for k in ("seed", "data", "augment", "model", "train", "adversary", "robustness")}
+    part["spec"] = {"name": spec.name, "eps": spec.eps, "seed": spec.seed}
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_complete(model_dir: Path, fp: str) -> bool:
+    meta_path = model_dir / "model.json"
+    if not meta_path.exists() or not (model_dir / "model.safetensors").exists():
+        return False
+    try:
+        meta = read_json(meta_path)
+    except json.JSONDecodeError:
+        return False
+    return meta.get("fingerprint") == fp and "metrics" in meta
+
+
+def _tensorboard(log_dir: Path):
+    """A SummaryWriter when TensorBoard is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def train_one(
+    cfg: Config,
+    spec: ModelSpec,
+    data,
+    model_dir: Path,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    tuned: dict[str, Any] | None = None,
+) -> Path:
+    """Build, train, evaluate and save one model into ``model_dir``."""
+    from robsal.models import build_model, save
+
+    seed = cfg.seed if spec.seed is None else spec.seed
+    train_idx = data.indices("train")
+    if len(train_idx) == 0:
+        raise DataError("the run has no training images; check data.train_per_class and splits.csv")
+    seed_everything(seed)  # same seed -> same initial weights for every model of the run
+    model = build_model(
+        cfg.model.arch, data.classes, pretrained=cfg.model.pretrained, pretrained_path=cfg.model.pretrained_path,
+        mean=cfg.model.mean, std=cfg.model.std, image_size=data.image_size,
+    ).to(device)
+    if cfg.train.channels_last and device.type == "cuda":  # faster convolutions on GPUs; CPU keeps NCHW
+        model = model.to(memory_format=torch.channels_last)
+    history_path = model_dir / "history.jsonl"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if history_path.exists():
+        history_path.unlink()  # a model is retrained from scratch, never continued
+    rng = np.random.default_rng(seed)
+    train_eval_idx = np.sort(rng.choice(train_idx, size=min(TRAIN_ACCURACY_IMAGES, len(train_idx)), replace=False))
+    adversary = adversary_for(cfg, spec.eps)
+    tb = _tensorboard(model_dir / "tensorboard")
+    start = time.perf_counter()
+    history = fit(
+        model, data, train_idx, [("phase1", cfg.train.phase1), ("phase2", cfg.train.phase2)],
+        cfg=cfg, seed=seed, device=device, adversary=adversary, augment=make_augment(cfg.augment),
+        val_idx=data.indices("val"), train_eval_idx=train_eval_idx, history_path=history_path,
+        progress=progress, name=spec.name, tb_writer=tb,
+    )
+    train_seconds = time.perf_counter() - start
+    if tb is not None:
+        tb.close()
+    metrics = evaluate_model(model, data, cfg, device=device, progress=progress, desc=spec.name)
+    save(
+        model.to(memory_format=torch.contiguous_format), model_dir,
+        name=spec.name,
+        eps=float(spec.eps),
+        eps_l2=adversary.eps if adversary is not None else 0.0,
+        adversary=None if adversary is None else {
+            "norm": adversary.norm, "steps": adversary.steps, "step_size": adversary.step_size,
+            "random_start": adversary.random_start,
+        },
+        seed=seed,
+        tuned=tuned,
+        config=cfg.to_dict(),
+        commit=git_commit(),
+        fingerprint=training_fingerprint(cfg, spec),
+        train_seconds=train_seconds,
+        epochs=len(history),
+        metrics=metrics,
+    )
+    return model_dir
+
+
+def train_models(
+    cfg: Config,
+    run_dir: str | Path,
+    data=None,
+    *,
+    device: str | torch.device | None = None,
+    names: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Train (or skip, when already complete) every model of ``cfg.models``; name -> model directory.
+
+    ``data`` defaults to the run's prepared data (``RUN/splits.csv``; prepared now if absent).
+    ``names`` restricts training to some models (unknown names raise ConfigError).
+    """
+    run_dir = Path(run_dir)
+    if data is None:
+        from robsal.data import load_run_data, prepare  # type: ignore[attr-defined]
+
+        data = load_run_data(run_dir) if (run_dir / "splits.csv").exists() else prepare(cfg, run_dir, progress=progress)
+    dev = resolve_device(device if device is not None else cfg.device)
+    specs = [cfg.model_spec(n) for n in names] if names else list(cfg.models)
+    tuned = tuned_hyperparameters(run_dir)
+    cfg_t = apply_tuned(cfg, tuned)
+    out: dict[str, Path] = {}
+    for spec in specs:
+        model_dir = run_dir / "models" / spec.name
+        if is_complete(model_dir, training_fingerprint(cfg_t, spec)):
+            if show_progress(progress):
+                print(f"{spec.name}: already trained, skipping", flush=True)
+        else:
+            train_one(cfg_t, spec, data, model_dir, device=dev, progress=progress, tuned=tuned)
+        out[spec.name] = model_dir
+    return out
