@@ -30,6 +30,12 @@ class FakeRun:
     maps: dict  # (model, method) -> (N, H, W)
     test_ids: list[str]
     per_image: pd.DataFrame
+    # constants of the fake run, for the tests (conftest is not importable as a module)
+    EVIL_CLASS = EVIL_CLASS
+    EVIL_ID = EVIL_ID
+    METHODS = METHODS
+    MODELS = MODELS
+    SIZE = SIZE
 
 
 def _disk(size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -64,10 +70,13 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
     splits.to_csv(run_dir / "splits.csv", index=False)
     n = len(splits)
     labels = np.array([classes.index(c) for c in splits["label"]], dtype=np.int64)
-    images = rng.integers(0, 256, size=(n, 3, SIZE, SIZE), dtype=np.uint8)
     masks = np.stack([_disk(SIZE, SIZE / 2 + rng.uniform(-2, 2), SIZE / 2, 6) for _ in range(n)])
     hair = np.zeros((n, SIZE, SIZE), dtype=np.uint8)
     hair[:, 2:4, :] = 1  # a horizontal hair near the top edge, outside every lesion
+    skin = np.array([224, 172, 150], dtype=float)[None, :, None, None]
+    lesion = np.array([[120, 70, 50], [150, 100, 80], [90, 60, 60]], dtype=float)[labels][:, :, None, None]
+    img = skin + (lesion - skin) * masks[:, None] - 150.0 * hair[:, None] + rng.normal(0, 12, (n, 3, SIZE, SIZE))
+    images = np.clip(img, 0, 255).astype(np.uint8)
     data = PreparedData(images=images, labels=labels, classes=classes, splits=splits, masks=masks,
                         artifact_masks={"hair": hair, "ruler": np.zeros_like(hair)})
     test_rows = data.indices("test")
@@ -115,14 +124,25 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
         per_image.to_csv(run_dir / "metrics" / "per_image.csv", index=False)
         summary = per_image.groupby(["model", "method", "metric"])["value"].agg(["mean", "count"]).reset_index()
         summary.to_csv(run_dir / "metrics" / "summary.csv", index=False)
+        # the shape robsal.metrics.run.evaluate_run writes
         write_json(run_dir / "metrics" / "summary.json", {
-            "n_images": len(test_ids),
-            "means": [{"model": r.model, "method": r.method, "metric": r.metric, "mean": r.mean,
-                       "ci_low": r.mean - 0.05, "ci_high": r.mean + 0.05} for r in summary.itertuples()],
-            "paired_differences": [{"method": "gradient", "metric": "relevance_mass", "difference": 0.61,
-                                    "p_value": 0.0123, "ci_low": 0.5, "ci_high": 0.7}],
-            "claims": [{"claim": "robust maps concentrate on the lesion", "verdict": "supported",
-                        "evidence": f"class {EVIL_CLASS}"}],
+            "run": str(run_dir), "standard": "standard", "n_images": len(test_ids),
+            "models": {name: {"eps": eps, "seed": 0, "clean_accuracy": 0.75} for name, eps in MODELS},
+            "verdicts": [{"claim": "on_lesion", "robust": "robust_eps4", "standard": "standard", "method": "gradient",
+                          "verdict": "supported",
+                          "line": f"robust maps sit on the lesion (class {EVIL_CLASS}): supported"}],
+            "metrics": [{"model": r.model, "method": r.method, "metric": r.metric, "n": r.count, "mean": r.mean,
+                         "ci_low": r.mean - 0.05, "ci_high": r.mean + 0.05} for r in summary.itertuples()],
+            "paired": [{"robust": "robust_eps4", "standard": "standard", "method": "gradient",
+                        "metric": "relevance_mass", "n": len(test_ids), "diff": 0.61, "low": 0.5, "high": 0.7,
+                        "p": 0.0123, "p_holm": 0.0246},
+                       {"robust": "robust_eps4", "standard": "standard", "method": "gradient",
+                        "metric": "artifact_share_ruler", "n": len(test_ids), "diff": 0.0, "low": 0.0, "high": 0.0,
+                        "p": 1.0, "p_holm": 1.0}],
+            "sanity": {}, "faithfulness_curves": {"standard": {"gradient": {"deletion": [0.9, 0.5, 0.3]}}},
+            "stability": {"note": "no seed stability: the run has no two models with the same eps"},
+            "settings": {"n_bootstrap": 200, "alpha": 0.05}, "notes": ["a note about <b>bold</b> things"],
+            "seconds": 1.0,
         })
         mark_done(run_dir, "metrics", seconds=2.0)
     if "figures" in parts:

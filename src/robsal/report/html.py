@@ -172,8 +172,30 @@ def _first_set(run: RunContents, image_id: str) -> tuple[SaliencySet, int] | Non
 # --------------------------------------------------------------------------- sections
 
 
+def _headline(run: RunContents) -> str:
+    """Three kinds of line a reader wants first: accuracies, verdicts, what is missing."""
+    items = []
+    for name, info in run.models.items():
+        mt = (info.meta or {}).get("metrics") or {}
+        robust = mt.get("robust_accuracy") or {}
+        rob = ", ".join(f"eps={k}: {_pct(v)}" for k, v in robust.items())
+        items.append(
+            f"<li><strong>{e(_model_label(run, name))}</strong>: clean accuracy {_pct(mt.get('clean_accuracy'))}, "
+            f"balanced {_pct(mt.get('balanced_accuracy'))}{'; robust ' + rob if rob else ''}</li>"
+        )
+    verdicts = run.summary_json.get("verdicts") if isinstance(run.summary_json, dict) else None
+    if isinstance(verdicts, list):
+        for v in verdicts:
+            if isinstance(v, dict) and (v.get("method") in (None, "gradient") or len(verdicts) <= 6):
+                text = v.get("line") or f"{v.get('claim')}: {v.get('verdict')}"
+                items.append(f'<li class="{_verdict_class(str(v.get("verdict", "")))}">{e(text)}</li>')
+    if not items:
+        return ""
+    return f"<h3>At a glance</h3><ul>{''.join(items)}</ul>"
+
+
 def _section_status(run: RunContents) -> str:
-    parts = ['<section id="status"><h2>Run status</h2>']
+    parts = ['<section id="status"><h2>Run status</h2>', _headline(run)]
     if run.stages:
         rows = []
         for stage, rec in run.stages.items():
@@ -513,37 +535,46 @@ def _section_failures(run: RunContents, store: ImageStore) -> str:
     return "".join(parts)
 
 
-def _cell(value: Any) -> str:
+def _verdict_class(text: str) -> str:
+    low = text.lower()
+    if low.startswith(("supported", "partly supported")):
+        return "verdict-supported"
+    if low.startswith(("not supported", "contradicted", "mixed", "inconclusive")):
+        return "verdict-not"
+    return ""
+
+
+def _cell(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
-        return _fmt(value, 4)
+        return _fmt(value, digits)
     if isinstance(value, (dict, list)):
         return e(json.dumps(value, ensure_ascii=False, default=str))
-    if isinstance(value, str):
-        low = value.lower()
-        if low.startswith(("supported", "yes", "confirmed")):
-            return f'<span class="verdict-supported">{e(value)}</span>'
-        if low.startswith(("not supported", "no", "refuted", "rejected", "inconclusive")):
-            return f'<span class="verdict-not">{e(value)}</span>'
+    if isinstance(value, str) and _verdict_class(value):
+        return f'<span class="{_verdict_class(value)}">{e(value)}</span>'
     return _fmt(value)
 
 
-def _records_table(records: list[dict[str, Any]]) -> str:
-    cols: list[str] = []
-    for r in records:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
+def _records_table(records: list[dict[str, Any]], columns: Sequence[str] | None = None, scroll: bool = True) -> str:
+    cols: list[str] = list(columns or [])
+    if not cols:
+        for r in records:
+            for k in r:
+                if k not in cols:
+                    cols.append(k)
     rows = [[_cell(r.get(c)) for c in cols] for r in records]
     text_cols = [i for i, c in enumerate(cols) if all(isinstance(r.get(c), str) or r.get(c) is None for r in records)]
-    return '<div class="scroll">' + _table([e(c) for c in cols], rows, text_cols=text_cols) + "</div>"
+    table = _table([e(c) for c in cols], rows, text_cols=text_cols)
+    return f'<div class="scroll">{table}</div>' if scroll else table
 
 
 def _json_html(obj: Any, depth: int = 0) -> str:
-    """Render summary.json whatever its exact shape: lists of records become tables,
-    mappings become headed blocks, scalars become a two-column table."""
+    """Render a JSON value whatever its shape: lists of records become tables,
+    mappings become headed blocks, scalars a two-column table."""
     if isinstance(obj, list):
         if obj and all(isinstance(r, dict) for r in obj):
             return _records_table(obj)
+        if obj and all(isinstance(r, str) for r in obj):
+            return "<ul>" + "".join(f"<li>{e(r)}</li>" for r in obj) + "</ul>"
         return f"<p>{e(json.dumps(obj, ensure_ascii=False, default=str))}</p>"
     if isinstance(obj, dict):
         scalars = {k: v for k, v in obj.items() if not isinstance(v, (dict, list))}
@@ -557,20 +588,90 @@ def _json_html(obj: Any, depth: int = 0) -> str:
             # {name: {field: scalar}} -> one table with a row per name
             out.append(_records_table([{"name": k, **v} for k, v in nested.items()]))
             return "".join(out)
-        tag = "h3" if depth == 0 else "h4"
+        tag = "h4" if depth == 0 else "h5"
         for k, v in nested.items():
             out.append(f"<{tag}>{e(k)}</{tag}>{_json_html(v, depth + 1)}")
         return "".join(out)
     return f"<p>{_cell(obj)}</p>"
 
 
+# summary.json keys (robsal.metrics.run.evaluate_run) shown by the plots instead of as tables
+SUMMARY_PLOTTED = ("faithfulness_curves", "sanity")
+SUMMARY_SHOWN = ("verdicts", "paired", "metrics", "models", "notes", "settings", "stability", "run", "standard",
+                 "n_images", "seconds")
+
+
+def _summary_html(summary: Any, alpha: float) -> str:
+    """summary.json: verdicts per claim, paired differences, means with CIs, then the rest."""
+    if not isinstance(summary, dict):
+        return _json_html(summary)
+    out = []
+    facts = [f"{k}: {summary[k]}" for k in ("standard", "n_images") if summary.get(k) is not None]
+    if facts:
+        out.append(f'<p class="note">{e("; ".join(facts))} (standard = the model every robust model is compared with; n = images explained).</p>')
+    verdicts = summary.get("verdicts")
+    if isinstance(verdicts, list) and verdicts and all(isinstance(v, dict) for v in verdicts):
+        out.append("<h3>Claims of the paper: verdicts</h3>")
+        out.append(
+            '<p class="note">A claim is supported when the paired robust &minus; standard differences of its metrics '
+            f"have the expected sign with Holm-corrected p &lt; {e(alpha)}.</p>"
+        )
+        cols = [c for c in ("claim", "robust", "standard", "method", "verdict", "line") if any(c in v for v in verdicts)]
+        out.append(_records_table(verdicts, cols))
+    elif verdicts is not None:
+        out.append("<h3>Verdicts</h3>" + _json_html(verdicts))
+    paired = summary.get("paired")
+    if isinstance(paired, list) and paired and all(isinstance(p, dict) for p in paired):
+        out.append("<h3>Paired differences (robust &minus; standard, per image)</h3>")
+        out.append('<p class="note">Bold rows: Holm-corrected p below alpha.</p>')
+        cols = [c for c in ("robust", "standard", "method", "metric", "n", "diff", "low", "high", "p", "p_holm") if any(c in p for p in paired)]
+        if not cols:
+            out.append(_records_table(paired))
+        else:
+            header = [e({"low": "CI low", "high": "CI high", "p": "p (Wilcoxon)", "p_holm": "p (Holm)"}.get(c, c)) for c in cols]
+            rows = []
+            for p in paired:
+                ph = p.get("p_holm")
+                sig = isinstance(ph, (int, float)) and not isinstance(ph, bool) and ph < alpha
+                cells = [_cell(p.get(c)) for c in cols]
+                rows.append([f"<strong>{c}</strong>" for c in cells] if sig else cells)
+            text_cols = [i for i, c in enumerate(cols) if c in ("robust", "standard", "method", "metric")]
+            out.append('<div class="scroll">' + _table(header, rows, text_cols=text_cols) + "</div>")
+    elif paired is not None:
+        out.append("<h3>Paired differences</h3>" + _json_html(paired))
+    means = summary.get("metrics")
+    if isinstance(means, list) and means and all(isinstance(m, dict) for m in means):
+        cols = [c for c in ("model", "method", "metric", "n", "mean", "ci_low", "ci_high") if any(c in m for m in means)]
+        out.append(
+            f"<h3>Means with confidence intervals</h3><details><summary>{len(means)} rows (model &times; method &times; metric)"
+            f"</summary>{_records_table(means, cols or None)}</details>"
+        )
+    elif means is not None:
+        out.append("<h3>Metrics</h3>" + _json_html(means))
+    if isinstance(summary.get("models"), dict):
+        out.append("<h3>Models compared</h3>" + _json_html(summary["models"]))
+    if summary.get("notes"):
+        out.append("<h3>Notes of the metrics stage</h3>" + _json_html(summary["notes"]))
+    if isinstance(summary.get("stability"), dict) and summary["stability"]:
+        out.append("<h3>Seed stability</h3>" + _json_html(summary["stability"], depth=1))
+    if isinstance(summary.get("settings"), dict):
+        out.append("<h3>Settings</h3>" + _json_html(summary["settings"], depth=1))
+    rest = {k: v for k, v in summary.items() if k not in SUMMARY_SHOWN + SUMMARY_PLOTTED}
+    if rest:
+        out.append("<h3>Other fields of summary.json</h3>" + _json_html(rest, depth=1))
+    return "".join(out)
+
+
 def _section_metrics(run: RunContents, store: ImageStore) -> str:
     parts = ['<section id="metrics"><h2>Metrics and statistics</h2>']
     if run.summary_json is None and run.summary_csv is None:
         parts.append('<p class="note">No metrics yet: metrics/summary.json and summary.csv are missing.</p>')
+    alpha = 0.05
+    if run.config and isinstance(run.config.get("metrics"), dict):
+        a = run.config["metrics"].get("alpha")
+        alpha = float(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else alpha
     if run.summary_json is not None:
-        parts.append("<h3>Summary (metrics/summary.json)</h3>")
-        parts.append(_json_html(run.summary_json))
+        parts.append(_summary_html(run.summary_json, alpha))
     if run.summary_csv is not None:
         df = run.summary_csv
         records = [{str(k): _plain(v) for k, v in rec.items()} for rec in df.to_dict(orient="records")]

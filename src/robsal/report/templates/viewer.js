@@ -1,5 +1,5 @@
 // robsal report: interactive saliency viewer. Plain JS, no network, no libraries.
-// Data: <script type="application/json" id="viewer-data"> written by robsal.report.html.
+// Data: the JSON element #viewer-data written by robsal.report.html.
 // All text goes through textContent (never innerHTML), so data strings cannot inject markup.
 (function () {
   "use strict";
