@@ -1,0 +1,510 @@
+"""Saliency methods of the paper (Appendix B) behind one interface, backed by Captum.
+
+``explain(model, images, targets, method, **options) -> attributions``
+
+* ``model``: any ``nn.Module`` classifier taking images (N, C, H, W) in [0, 1] pixel
+  space and returning logits (N, K). robsal models normalise inside, so every
+  attribution here is with respect to *pixels*, not normalised values.
+* ``images``: float (N, C, H, W) in [0, 1] on the model's device.
+* ``targets``: int64 (N,) class indices (the true label by default in
+  :func:`robsal.saliency.explain_run`, as the original code), or ``None`` for the
+  predicted class.
+* returns float32 (N, C, H, W), the input's shape, on the input's device.
+
+Methods (registry keys; also the names of the saved ``.npz`` files)
+
+=================================  ============================================  ==========
+name                               Captum class / paper section                  options
+=================================  ============================================  ==========
+``gradient``                       Saliency (signed gradient), B.1               --
+``input_x_gradient``               InputXGradient                                --
+``guided_backprop``                GuidedBackprop                                --
+``integrated_gradients``           IntegratedGradients, B.2                      baseline, n_steps,
+                                                                                 n_baselines, seed
+``integrated_gradients_uniform``   IG with a U[0, 1] baseline (Fig. 1, 6)        as above
+``integrated_gradients_gaussian``  IG with an image + N(0, 1) baseline (Fig. 6)  as above
+``smoothgrad`` / ``smoothgrad_sq`` NoiseTunnel(Saliency) (Smilkov et al.)        n_samples, noise, seed
+``occlusion``                      Occlusion, B.3                                window, stride
+``gradcam``                        LayerGradCam on ``net.layer4``, B.4           layer
+=================================  ============================================  ==========
+
+Every method batches its inner work (IG interpolation steps via Captum's
+``internal_batch_size``, SmoothGrad samples via ``nt_samples_batch_size``,
+occlusion windows via ``perturbations_per_eval``), so memory stays bounded by
+``inner_batch`` forward passes of the model at once.
+
+The model is put in eval mode for the call (its previous mode is restored) and no
+hook stays registered afterwards (Captum removes its own; tests check it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from captum.attr import (
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from torch import nn
+
+from robsal.errors import ConfigError
+
+# Occlusion geometry of Appendix B.3: 50x50 px patches, stride 25 px, at 224 px input.
+OCCLUSION_WINDOW_224 = 50
+OCCLUSION_STRIDE_224 = 25
+REFERENCE_SIZE = 224
+
+# Forward passes the inner loops of a method may batch together (IG steps x images,
+# SmoothGrad samples x images, occlusion windows x images).
+DEFAULT_INNER_BATCH = 128
+
+IG_BASELINES = ("uniform", "gaussian", "black", "blur")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry.
+
+    ``channel_shared``: the method yields one value per pixel, repeated over the C
+    channels to keep the input's shape (Grad-CAM). Channel reductions must then take
+    one channel instead of summing C equal copies (see ``visualize.reduce_channels``).
+    ``random``: the method draws random numbers (baselines, noise) and takes ``seed``.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    description: str
+    channel_shared: bool = False
+    random: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, description: str, *, channel_shared: bool = False, random: bool = False):
+    """Decorator adding a method ``fn(model, images, targets, **options)`` to :data:`METHODS`."""
+
+    def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        METHODS[name] = Method(name, fn, description, channel_shared, random)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of ``name``; an unknown name is a ConfigError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown saliency method {name!r}; known methods: {', '.join(METHODS)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run with torch's global RNG seeded (for Captum code that takes no generator),
+    restoring the caller's RNG state afterwards."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    """A CPU generator: the caller's, or a fresh one seeded with ``seed`` (0 when None)."""
+    if generator is not None:
+        return generator
+    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+
+
+def scaled_occlusion_geometry(image_size: int) -> tuple[int, int]:
+    """(window, stride) in px at ``image_size``: Appendix B.3's 50/25 px at 224, scaled.
+
+    At 224 px this is exactly (50, 25); at 64 px (14, 7); at 32 px (7, 4). Both are at
+    least 1 px.
+    """
+    window = max(1, round(OCCLUSION_WINDOW_224 * image_size / REFERENCE_SIZE))
+    stride = max(1, round(OCCLUSION_STRIDE_224 * image_size / REFERENCE_SIZE))
+    return window, stride
+
+
+def _blur(images: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    """Gaussian blur of (N, C, H, W); default sigma = H / 16 px (14 px at 224), after
+    Sturmfels et al. 2020 (the paper's ref. [18])."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    h = images.shape[-1]
+    sigma = float(sigma) if sigma is not None else max(1.0, h / 16)
+    k = int(2 * math.ceil(3 * sigma) + 1)
+    k = min(k, 2 * (min(images.shape[-2:]) // 2) - 1)  # reflect padding needs k/2 < size
+    return gaussian_blur(images, kernel_size=[k, k], sigma=[sigma, sigma])
+
+
+def make_baseline(
+    images: torch.Tensor,
+    baseline: str | torch.Tensor,
+    *,
+    generator: torch.Generator,
+    blur_sigma: float | None = None,
+) -> torch.Tensor:
+    """An IG baseline for ``images`` (N, C, H, W) in [0, 1] (paper Appendix B.2).
+
+    * ``uniform``: every value ~ U[0, 1], a noise image;
+    * ``gaussian``: ``image + N(0, 1)`` as the paper (sigma = 1 in [0, 1] pixel units).
+      Not clipped to [0, 1], as the paper; most of the baseline then lies outside the
+      image range, which is what "sigma = 1" means in pixel space;
+    * ``black``: zeros (the paper argues against it for dermoscopy: lesions are dark);
+    * ``blur``: a Gaussian blur of the image (:func:`_blur`);
+    * a tensor broadcastable to the images.
+
+    Random draws come from ``generator`` (a CPU generator, so CPU and GPU runs draw the
+    same numbers) and are then moved to the images' device.
+    """
+    if isinstance(baseline, torch.Tensor):
+        return baseline.to(images.device, images.dtype).expand_as(images)
+    if baseline == "uniform":
+        return torch.rand(images.shape, generator=generator).to(images.device, images.dtype)
+    if baseline == "gaussian":
+        noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+        return images + noise
+    if baseline == "black":
+        return torch.zeros_like(images)
+    if baseline == "blur":
+        return _blur(images, blur_sigma)
+    raise ConfigError(
+        f"unknown integrated-gradients baseline {baseline!r}; use one of {', '.join(IG_BASELINES)} or a tensor"
+    )
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@register("gradient", "d logit_target / d pixel (Saliency, Simonyan et al.; Appendix B.1), signed")
+def _gradient(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # abs=False: the raw gradient; the visualisation takes |.| (Appendix B).
+    return Saliency(model).attribute(images, target=targets, abs=False)
+
+
+@register("input_x_gradient", "pixel value x gradient")
+def _input_x_gradient(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return InputXGradient(model).attribute(images, target=targets)
+
+
+@register("guided_backprop", "guided backpropagation (ReLU gradients clamped at 0)")
+def _guided_backprop(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # Captum announces its (removed afterwards) ReLU hooks
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        return GuidedBackprop(model).attribute(images, target=targets)
+
+
+def integrated_gradients_with_delta(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    baseline: str | torch.Tensor = "uniform",
+    n_steps: int = 50,
+    n_baselines: int = 1,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    blur_sigma: float | None = None,
+    inner_batch: int = DEFAULT_INNER_BATCH,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrated Gradients (Appendix B.2, eq. 2) and Captum's convergence delta.
+
+    Returns (attributions (N, C, H, W), delta (N,)) where
+    ``delta = sum(attributions) - (f(x) - f(baseline))`` per image (completeness
+    axiom; for ``n_baselines > 1`` both are averaged over the baselines, which keeps
+    the identity with f(baseline) averaged too). Gauss-Legendre quadrature with
+    ``n_steps`` points; the N x n_baselines x n_steps interpolated images are run
+    ``inner_batch`` at a time.
+    """
+    if n_steps < 1 or n_baselines < 1:
+        raise ConfigError(f"integrated gradients needs n_steps >= 1 and n_baselines >= 1, got {n_steps}, {n_baselines}")
+    gen = _generator(seed, generator)
+    n = images.shape[0]
+    # Several random baselines are evaluated in one batched call: the images are
+    # repeated n_baselines times, (N, C, H, W) -> (B*N, C, H, W), row b*N + i.
+    x = images.repeat(n_baselines, 1, 1, 1)
+    t = targets.repeat(n_baselines)
+    base = torch.cat([make_baseline(images, baseline, generator=gen, blur_sigma=blur_sigma) for _ in range(n_baselines)])
+    attr, delta = IntegratedGradients(model).attribute(
+        x,
+        baselines=base,
+        target=t,
+        n_steps=n_steps,
+        method="gausslegendre",
+        internal_batch_size=max(1, inner_batch),
+        return_convergence_delta=True,
+    )
+    # (B*N, C, H, W) -> (B, N, C, H, W) -> mean over baselines
+    attr = attr.view(n_baselines, n, *images.shape[1:]).mean(0)
+    delta = delta.view(n_baselines, n).mean(0)
+    return attr, delta
+
+
+def _ig(default_baseline: str | None) -> Callable[..., torch.Tensor]:
+    def fn(
+        model: nn.Module,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        baseline: str | torch.Tensor | None = None,
+        n_steps: int = 50,
+        n_baselines: int = 1,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        blur_sigma: float | None = None,
+        inner_batch: int = DEFAULT_INNER_BATCH,
+    ) -> torch.Tensor:
+        if default_baseline is not None and baseline is not None and not (
+            isinstance(baseline, str) and baseline == default_baseline
+        ):
+            raise ConfigError(
+                f"integrated_gradients_{default_baseline} fixes the baseline; use method "
+                f"'integrated_gradients' with baseline={baseline!r}"
+            )
+        attr, _ = integrated_gradients_with_delta(
+            model,
+            images,
+            targets,
+            baseline=baseline if baseline is not None else (default_baseline or "uniform"),
+            n_steps=n_steps,
+            n_baselines=n_baselines,
+            seed=seed,
+            generator=generator,
+            blur_sigma=blur_sigma,
+            inner_batch=inner_batch,
+        )
+        return attr
+
+    return fn
+
+
+register("integrated_gradients", "Integrated Gradients, baseline uniform|gaussian|black|blur|tensor (B.2)", random=True)(
+    _ig(None)
+)
+register("integrated_gradients_uniform", "Integrated Gradients, U[0,1] baseline (Fig. 1, 6)", random=True)(
+    _ig("uniform")
+)
+register("integrated_gradients_gaussian", "Integrated Gradients, image + N(0,1) baseline (Fig. 6)", random=True)(
+    _ig("gaussian")
+)
+
+
+def _smoothgrad(nt_type: str) -> Callable[..., torch.Tensor]:
+    def fn(
+        model: nn.Module,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        n_samples: int = 25,
+        noise: float = 0.15,
+        seed: int | None = 0,
+        inner_batch: int = DEFAULT_INNER_BATCH,
+    ) -> torch.Tensor:
+        """SmoothGrad: mean gradient (``smoothgrad_sq``: mean squared gradient) over
+        ``n_samples`` copies of the image with N(0, sigma^2) noise, sigma = ``noise`` x the
+        input range (1 in [0, 1] pixel space; Smilkov et al. suggest 0.1-0.2)."""
+        if n_samples < 1 or noise < 0:
+            raise ConfigError(f"smoothgrad needs n_samples >= 1 and noise >= 0, got {n_samples}, {noise}")
+        n = images.shape[0]
+        per_batch = max(1, min(n_samples, inner_batch // max(1, n)))
+        # Captum draws the noise from torch's global RNG: seed it locally.
+        with _seeded(seed, images.device):
+            return NoiseTunnel(Saliency(model)).attribute(
+                images,
+                nt_type=nt_type,
+                nt_samples=n_samples,
+                nt_samples_batch_size=per_batch,
+                stdevs=float(noise) * 1.0,  # input range of [0, 1] pixel space
+                target=targets,
+                abs=False,
+            )
+
+    return fn
+
+
+register("smoothgrad", "SmoothGrad: gradient averaged over noisy copies (NoiseTunnel)", random=True)(
+    _smoothgrad("smoothgrad")
+)
+register("smoothgrad_sq", "SmoothGrad-Squared: squared gradient averaged over noisy copies", random=True)(
+    _smoothgrad("smoothgrad_sq")
+)
+
+
+@register("occlusion", "drop of the target output when a window is set to 0, overlaps averaged (B.3)")
+def _occlusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    occlusion_value: float = 0.0,
+    output: str = "probability",
+    inner_batch: int = DEFAULT_INNER_BATCH,
+) -> torch.Tensor:
+    """Occlusion (Zeiler & Fergus; Appendix B.3).
+
+    Square windows of ``window`` px moved by ``stride`` px (default: the paper's 50/25 px
+    at 224, scaled to the image size by :func:`scaled_occlusion_geometry`) are replaced
+    by ``occlusion_value`` (0 = black, Captum's default); a pixel's attribution is the
+    drop of the target output averaged over every window covering it, as the paper.
+    ``output='probability'`` (the paper's text: "decrease of the predicted
+    probability") scores the softmax probability; ``'logit'`` scores the logit
+    (Captum's default when given the model itself).
+    """
+    if output not in ("probability", "logit"):
+        raise ConfigError(f"occlusion output must be 'probability' or 'logit', got {output!r}")
+    c, h, w = images.shape[1:]
+    dw, ds = scaled_occlusion_geometry(min(h, w))
+    window = int(window or dw)
+    stride = int(stride or ds)
+    forward = model if output == "logit" else (lambda x: torch.softmax(model(x), dim=1))
+    per_eval = max(1, inner_batch // max(1, images.shape[0]))
+    return Occlusion(forward).attribute(
+        images,
+        sliding_window_shapes=(c, window, window),
+        strides=(c, stride, stride),
+        baselines=float(occlusion_value),
+        target=targets,
+        perturbations_per_eval=per_eval,
+    )
+
+
+def default_gradcam_layer(model: nn.Module) -> nn.Module:
+    """ResNet ``layer4`` (7x7 at 224 px, Appendix B.4) of a robsal model or a bare
+    torchvision ResNet; otherwise the last ``nn.Conv2d`` of the model."""
+    for path in ("net.layer4", "layer4"):
+        with contextlib.suppress(AttributeError):
+            return model.get_submodule(path)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM; pass layer=")
+    return convs[-1]
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+    if layer is None:
+        return default_gradcam_layer(model)
+    if isinstance(layer, nn.Module):
+        return layer
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        raise ConfigError(
+            f"Grad-CAM layer {layer!r} is not a submodule of {type(model).__name__}; "
+            "give a dotted path such as 'net.layer4'"
+        ) from None
+
+
+@register("gradcam", "Grad-CAM on the last conv block, ReLU, bilinear upsampling (B.4)", channel_shared=True)
+def _gradcam(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    layer: str | nn.Module | None = None,
+) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.; Appendix B.4, eqs. 3-4).
+
+    (N, C, H, W) -> layer map (N, 1, h, w) (ReLU applied) -> bilinear upsampling to
+    (N, 1, H, W) -> repeated over the C channels to (N, C, H, W) so that every method
+    returns the input's shape. Reductions take one channel (``channel_shared``), so
+    the saved map is the upsampled CAM itself, not C times it.
+    """
+    mod = resolve_layer(model, layer)
+    cam = LayerGradCam(model, mod).attribute(images, target=targets, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+    return cam.expand(-1, images.shape[1], -1, -1).contiguous()
+
+
+# --------------------------------------------------------------------------- interface
+
+
+def predicted(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Predicted classes (N,) int64, in eval mode, without gradients."""
+    with _eval_mode(model), torch.no_grad():
+        return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    method: str,
+    *,
+    batch_size: int | None = None,
+    **options: object,
+) -> torch.Tensor:
+    """Attributions of ``method`` for ``images`` (N, C, H, W) in [0, 1] -> float32 (N, C, H, W).
+
+    ``targets``: (N,) int class indices, or None to explain the predicted class.
+    ``batch_size``: images per call of the method (None = all at once); the method's
+    own inner loops are batched too (``inner_batch`` forward passes at a time).
+    ``options`` go to the method (see the module docstring); an option the method does
+    not take is a ConfigError naming it. Random methods are deterministic for a given
+    ``seed`` (default 0) and batch size.
+    """
+    entry = get_method(method)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    # A leaf that requires grad, detached from the caller's graph (Captum would
+    # otherwise switch requires_grad on the caller's tensor and warn).
+    images = images.detach().float().requires_grad_(True)
+    if targets is None:
+        targets = predicted(model, images)
+    targets = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
+    if targets.shape[0] != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} targets")
+
+    accepted = set(inspect.signature(entry.fn).parameters) - {"model", "images", "targets"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"saliency method {method!r} takes no option {unknown[0]!r}; it takes: {', '.join(sorted(accepted)) or 'none'}"
+        )
+    step = batch_size or images.shape[0]
+    seed = options.get("seed", 0)
+    out = []
+    with _eval_mode(model):
+        for i in range(0, images.shape[0], step):
+            opts = dict(options)
+            if entry.random and options.get("generator") is None and seed is not None:
+                opts["seed"] = int(seed) + i  # fresh noise per batch, reproducible per batch size
+            a = entry.fn(model, images[i : i + step], targets[i : i + step], **opts)
+            out.append(a.detach().float())
+    attr = torch.cat(out)
+    assert attr.shape == images.shape, (method, attr.shape, images.shape)
+    return attr

@@ -1,0 +1,274 @@
+"""``explain_run``: saliency maps of every model and method of a run, plus figures.
+
+Reads ``RUN/config.yaml`` (section ``saliency``), ``RUN/models/<name>/`` and the run's
+data; writes, for every model and method,
+
+    RUN/saliency/<model>/<method>.npz
+        maps         float32 (N, H, W)  channel-reduced map (``saliency.reduction``;
+                                        default: sum over RGB of |attribution|),
+                                        before any capping; Grad-CAM: the upsampled,
+                                        ReLU'd CAM
+        image_ids    str (N,)           the same images, in the same order, for every
+                                        model and method of the run
+        targets      int64 (N,)         the class explained
+        predictions  int64 (N,)         the model's prediction
+        labels       int64 (N,)         the true class
+        method, model, reduction        0-d strings
+
+and the figures ``RUN/figures/saliency_<method>.{png,pdf}`` (Figure 1/5 style) and
+``RUN/figures/saliency_image_<image_id>.{png,pdf}`` (Figures 6-8 style).
+
+Image selection (paper Section 2: "all showcased saliency maps are computed on
+correctly-classified images"): test images classified correctly by *every* model,
+``n_per_class`` per class drawn with the run's seed; or explicit ``image_ids``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from robsal.config import Config, load_run_config
+from robsal.errors import CheckpointError, DataError
+from robsal.io import save_npz
+from robsal.saliency.figures import image_grid, method_grid
+from robsal.saliency.methods import explain, get_method, predicted
+from robsal.saliency.visualize import reduce_channels
+from robsal.utils import resolve_device
+
+
+def method_options(cfg: Config, method: str) -> dict[str, Any]:
+    """The options ``explain`` gets for ``method`` from the ``saliency`` config section."""
+    s = cfg.saliency
+    if method.startswith("integrated_gradients"):
+        return {"n_steps": s.ig_steps, "seed": cfg.seed}
+    if method.startswith("smoothgrad"):
+        return {"n_samples": s.smoothgrad_samples, "noise": s.smoothgrad_noise, "seed": cfg.seed}
+    if method == "gradcam" and getattr(s, "gradcam_layer", None):
+        return {"layer": s.gradcam_layer}
+    return {}
+
+
+def _show_progress(progress: bool) -> bool:
+    import sys
+
+    return bool(progress) and sys.stderr.isatty()
+
+
+def select_images(
+    data: Any,
+    models: dict[str, torch.nn.Module],
+    n_per_class: int,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Row indices of test images correct for every model, ``n_per_class`` per class.
+
+    Classes in ``data.classes`` order; within a class, a seeded random draw kept in
+    row order. A class with fewer correct images gives what it has; none at all is a
+    DataError.
+    """
+    test = data.indices("test")
+    if len(test) == 0:
+        raise DataError("the run has no test images to explain; check RUN/splits.csv")
+    ok = np.ones(len(test), dtype=bool)
+    for model in models.values():
+        preds = []
+        for i in range(0, len(test), batch_size):
+            x, _ = data.batch(test[i : i + batch_size], device)
+            preds.append(predicted(model, x).cpu().numpy())
+        ok &= np.concatenate(preds) == data.labels[test]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for k in range(len(data.classes)):
+        rows = test[ok & (data.labels[test] == k)]
+        if len(rows) > n_per_class:
+            rows = np.sort(rng.choice(rows, n_per_class, replace=False))
+        chosen.append(rows)
+    out = np.concatenate(chosen).astype(np.int64)
+    if len(out) == 0:
+        raise DataError(
+            f"no test image is classified correctly by every model ({', '.join(models)}); "
+            "train longer or pass image ids explicitly (--images)"
+        )
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def explain_run(
+    run_dir: str | Path,
+    *,
+    models: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    image_ids: Sequence[str] | None = None,
+    n_per_class: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    data: Any = None,
+    figures: bool = True,
+) -> dict[str, dict[str, Path]]:
+    """Compute and save the maps of ``models`` x ``methods`` (defaults: the config's).
+
+    ``data``: the run's :class:`~robsal.data.PreparedData`; None loads it with
+    ``robsal.data.load_run_data(run_dir)``. Returns model -> method -> npz path.
+    """
+    from robsal.models import load
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    dev = resolve_device(device if device is not None else cfg.device)
+    names = list(models) if models else [m.name for m in cfg.models]
+    method_names = list(methods) if methods else list(cfg.saliency.methods)
+    for m in method_names:
+        get_method(m)  # an unknown name is a ConfigError before any work
+    loaded = {}
+    for name in names:
+        mdir = run_dir / "models" / name
+        if not (mdir / "model.json").exists():
+            raise CheckpointError(f"model {name!r} is missing from {run_dir / 'models'}; run `robsal train` first")
+        loaded[name] = load(mdir, dev)
+    if data is None:
+        from robsal.data import load_run_data
+
+        data = load_run_data(run_dir)
+
+    if image_ids:
+        rows = data.rows_of(list(image_ids))
+    else:
+        k = n_per_class if n_per_class is not None else cfg.saliency.n_per_class
+        rows = select_images(data, loaded, k, cfg.seed, dev, cfg.train.eval_batch_size)
+    out, raw = compute_maps(
+        run_dir, loaded, data, rows, method_names, cfg, target=cfg.saliency.target, device=dev, progress=progress
+    )
+
+    if figures:
+        write_figures(run_dir, data, rows, raw, cfg)
+    return out
+
+
+def compute_maps(
+    out_dir: Path,
+    models: dict[str, torch.nn.Module],
+    data: Any,
+    rows: np.ndarray,
+    methods: Sequence[str],
+    cfg: Config,
+    *,
+    target: str | int = "label",
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, Path]], dict[str, dict[str, np.ndarray]]]:
+    """Explain ``data`` rows with every model x method; write ``out_dir/saliency/...npz``.
+
+    ``target``: ``label`` (true class), ``prediction`` (each model's own prediction) or
+    a class index. Returns (model -> method -> npz path, method -> model -> maps).
+    """
+    ids = np.asarray([data.image_ids[r] for r in rows], dtype=str)
+    labels = data.labels[rows].astype(np.int64)
+    out: dict[str, dict[str, Path]] = {}
+    raw: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}  # method -> model -> (N, H, W)
+    bs = cfg.saliency.batch_size
+    jobs = [(n, m) for n in models for m in methods]
+    bar = tqdm(jobs, desc="saliency", disable=not _show_progress(progress))
+    for name, method in bar:
+        bar.set_postfix_str(f"{name}/{method}")
+        model = models[name]
+        shared = get_method(method).channel_shared
+        maps, preds, targets = [], [], []
+        for i in range(0, len(rows), bs):
+            x, y = data.batch(rows[i : i + bs], device)
+            pred = predicted(model, x)
+            if target == "label":
+                t = y
+            elif target == "prediction":
+                t = pred
+            else:
+                t = torch.full_like(pred, int(target))
+            attr = explain(model, x, t, method, **method_options(cfg, method))
+            # (B, C, H, W) -> (B, H, W)
+            maps.append(reduce_channels(attr, cfg.saliency.reduction, channel_shared=shared))
+            preds.append(pred.cpu().numpy())
+            targets.append(t.cpu().numpy())
+        m = np.concatenate(maps).astype(np.float32)
+        path = Path(out_dir) / "saliency" / name / f"{method}.npz"
+        save_npz(
+            path,
+            maps=m,
+            image_ids=ids,
+            targets=np.concatenate(targets).astype(np.int64),
+            predictions=np.concatenate(preds).astype(np.int64),
+            labels=labels,
+            method=np.asarray(method),
+            model=np.asarray(name),
+            reduction=np.asarray(cfg.saliency.reduction),
+        )
+        out.setdefault(name, {})[method] = path
+        raw[method][name] = m
+    return out, raw
+
+
+def write_figures(
+    run_dir: Path,
+    data: Any,
+    rows: np.ndarray,
+    raw: dict[str, dict[str, np.ndarray]],
+    cfg: Config,
+) -> list[Path]:
+    """Figure 1/5 grid per method and Figures 6-8 grid per image, for at most
+    ``saliency.figure_images`` images (spread over the classes)."""
+    ids = np.asarray([data.image_ids[r] for r in rows], dtype=str)
+    labels = data.labels[rows].astype(np.int64)
+    limit = int(getattr(cfg.saliency, "figure_images", 12))
+    show = _spread(labels, limit)
+    images = np.asarray(data.images[rows[show]])
+    row_labels = [f"{ids[i]} ({_class_name(data.classes, labels[i])})" for i in show]
+    fig_dir = run_dir / "figures"
+    paths: list[Path] = []
+    norm = cfg.saliency.reduction
+    for method, per_model in raw.items():
+        paths += method_grid(
+            images,
+            {name: m[show] for name, m in per_model.items()},
+            fig_dir / f"saliency_{method}",
+            title=f"{method}",
+            row_labels=row_labels,
+            normalisation=norm,
+        )
+    for j, i in enumerate(show):
+        per = {method: {name: m[i] for name, m in per_model.items()} for method, per_model in raw.items()}
+        paths += image_grid(
+            images[j],
+            per,
+            fig_dir / f"saliency_image_{_safe(str(ids[i]))}",
+            title=f"{ids[i]} ({_class_name(data.classes, labels[i])})",
+            normalisation=norm,
+        )
+    return paths
+
+
+def _spread(labels: np.ndarray, limit: int) -> list[int]:
+    """Up to ``limit`` positions, taking classes in turn (round robin)."""
+    by_class: dict[int, list[int]] = {}
+    for i, k in enumerate(labels):
+        by_class.setdefault(int(k), []).append(i)
+    out: list[int] = []
+    queues = [list(v) for _, v in sorted(by_class.items())]
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return sorted(out)
+
+
+def _class_name(classes: Sequence[str], k: int) -> str:
+    return classes[k] if 0 <= k < len(classes) else "unlabelled"
