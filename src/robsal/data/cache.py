@@ -1,0 +1,181 @@
+"""Decode once, train many epochs: preprocessed uint8 arrays in memory-mapped ``.npy`` files.
+
+Preprocessing follows Appendix A: centre crop to a square (HAM10000: the central
+450x450 of 600x450), then resize to ``image_size`` with PIL's antialiased
+bilinear filter (the torchvision ``Resize`` default). Masks use the same crop and
+nearest-neighbour resizing, and are stored as {0, 1}.
+
+The cache folder is named by a hash of the source files (path, size, mtime) in
+row order plus the preprocessing settings, so any change to a file or setting
+gives a new entry and a stale cache is never read. Layout::
+
+    CACHE/<key>/images.npy      (N, 3, S, S) uint8
+    CACHE/<key>/masks.npy       (N, S, S) uint8 lesion masks        (only if any mask exists)
+    CACHE/<key>/has_mask.npy    (N,) bool
+    CACHE/<key>/<artifact>.npy  (N, S, S) uint8                     (only if artifact masks exist)
+    CACHE/<key>/done.json       written last: the entry is complete
+
+Each file is written through :func:`robsal.io.atomic_path`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from robsal.data.prepared import ARTIFACT_NAMES
+from robsal.errors import DataError
+from robsal.io import atomic_path, write_json
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir(cache_dir: str | None = None) -> Path:
+    """``data.cache_dir``, else ``$ROBSAL_CACHE``, else ``~/.cache/robsal``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("ROBSAL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "robsal"
+
+
+@dataclass
+class CachedArrays:
+    images: np.ndarray  # (N, 3, S, S) uint8
+    masks: np.ndarray | None  # (N, S, S) uint8 or None
+    has_mask: np.ndarray  # (N,) bool
+    artifact_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    key: str = ""
+    hit: bool = False
+
+
+def _path_or_none(v) -> str | None:  # noqa: ANN001
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) or pd.isna(v) else str(v)
+
+
+def _crop_box(w: int, h: int, center_crop: bool) -> tuple[int, int, int, int] | None:
+    if not center_crop or w == h:
+        return None
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return (left, top, left + s, top + s)
+
+
+def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """(3, size, size) uint8 and the original (width, height); DataError if unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            orig = im.size
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
+    box = _crop_box(*orig, center_crop)
+    if box is not None:
+        im = im.crop(box)
+    im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1), orig  # (H,W,3) -> (3,H,W)
+
+
+def load_mask(path: str | Path, size: int, image_size_wh: tuple[int, int], center_crop: bool = True) -> np.ndarray:
+    """(size, size) uint8 {0, 1}; the mask must have its image's size."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            m = im.convert("L")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read mask ({exc}); replace or delete the mask file") from None
+    if m.size != tuple(image_size_wh):
+        raise DataError(
+            f"{path}: mask is {m.size[0]}x{m.size[1]} but its image is {image_size_wh[0]}x{image_size_wh[1]}; "
+            "masks must have the size of their image"
+        )
+    box = _crop_box(*m.size, center_crop)
+    if box is not None:
+        m = m.crop(box)
+    m = m.resize((size, size), Image.Resampling.NEAREST)
+    return (np.asarray(m) > 127).astype(np.uint8)
+
+
+def cache_key(rows: pd.DataFrame, image_size: int, center_crop: bool, with_artifacts: bool) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, image_size, bool(center_crop), bool(with_artifacts)]).encode())
+    cols = ["path", "mask_path", *([f"{a}_path" for a in ARTIFACT_NAMES] if with_artifacts else [])]
+    for rec in rows[cols].itertuples(index=False):
+        for p in rec:
+            p = _path_or_none(p)
+            if p is None:
+                h.update(b"-\n")
+                continue
+            try:
+                st = os.stat(p)
+            except OSError:
+                raise DataError(f"{p}: file disappeared while preparing the data; check the dataset folder") from None
+            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _open(folder: Path, name: str) -> np.ndarray:
+    return np.load(folder / f"{name}.npy", mmap_mode="r")
+
+
+def load_arrays(
+    rows: pd.DataFrame,
+    image_size: int,
+    *,
+    center_crop: bool = True,
+    with_artifacts: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> CachedArrays:
+    """Preprocessed arrays for ``rows`` (INDEX_COLUMNS, in order), from the cache or decoded now."""
+    from tqdm.auto import tqdm
+
+    root = default_cache_dir(str(cache_dir) if cache_dir else None)
+    key = cache_key(rows, image_size, center_crop, with_artifacts)
+    folder = root / key
+    if (folder / "done.json").exists():
+        info = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+        masks = _open(folder, "masks") if info.get("masks") else None
+        arts = {a: _open(folder, a) for a in ARTIFACT_NAMES} if with_artifacts else {}
+        return CachedArrays(_open(folder, "images"), masks, np.load(folder / "has_mask.npy"), arts, key, True)
+    n, s = len(rows), image_size
+    folder.mkdir(parents=True, exist_ok=True)
+    any_mask = rows["mask_path"].map(_path_or_none).notna().any()
+    with atomic_path(folder / "images.npy", suffix=".npy") as tmp_img:
+        images = np.lib.format.open_memmap(tmp_img, mode="w+", dtype=np.uint8, shape=(n, 3, s, s))
+        masks = np.zeros((n, s, s), np.uint8) if any_mask else None
+        has_mask = np.zeros(n, bool)
+        arts = {a: np.zeros((n, s, s), np.uint8) for a in ARTIFACT_NAMES} if with_artifacts else {}
+        bar = tqdm(total=n, desc="decode", unit="img", disable=not progress, leave=False)
+        for i, rec in enumerate(rows.itertuples(index=False)):
+            images[i], wh = load_image(rec.path, s, center_crop)
+            mp = _path_or_none(rec.mask_path)
+            if mp is not None:
+                masks[i] = load_mask(mp, s, wh, center_crop)
+                has_mask[i] = True
+            for a in arts:
+                ap = _path_or_none(getattr(rec, f"{a}_path"))
+                if ap is not None:
+                    arts[a][i] = load_mask(ap, s, wh, center_crop)
+            bar.update()
+        bar.close()
+        images.flush()
+        del images
+    for name, arr in [("has_mask", has_mask), ("masks", masks), *arts.items()]:
+        if arr is None:
+            continue
+        with atomic_path(folder / f"{name}.npy", suffix=".npy") as tmp:
+            np.save(tmp, arr)
+    write_json(folder / "done.json", {"version": CACHE_VERSION, "n": n, "image_size": s,
+                                       "center_crop": center_crop, "masks": masks is not None,
+                                       "artifacts": list(arts)})
+    masks_mm = _open(folder, "masks") if masks is not None else None
+    arts_mm = {a: _open(folder, a) for a in arts}
+    return CachedArrays(_open(folder, "images"), masks_mm, has_mask, arts_mm, key, False)

@@ -1,0 +1,121 @@
+"""``robsal data check``: validate a dataset and list *every* problem at once.
+
+It lists the images like :func:`robsal.data.pipeline.prepare` does, but with a
+collecting :class:`~robsal.data.index.Problems`, then decodes every image and
+mask (corrupt files, masks of the wrong size) and, when a config is given,
+tries the requested balanced split (too few images of a class, unknown class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from robsal.data.index import DatasetIndex, Problems
+from robsal.data.prepared import ARTIFACT_NAMES
+from robsal.errors import DataError
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    layout: str
+    counts: pd.DataFrame  # index class; columns images, lesions, multi_view_lesions, without_mask
+    artifact_counts: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"dataset: {self.root} ({self.layout} layout)"]
+        if len(self.counts):
+            c = self.counts
+            lines.append(
+                f"images: {int(c['images'].sum())}  lesions: {int(c['lesions'].sum())} "
+                f"({int(c['multi_view_lesions'].sum())} with several images)  "
+                f"images without mask: {int(c['without_mask'].sum())}"
+            )
+            lines.append(c.rename_axis("class").to_string())
+        if self.artifact_counts:
+            lines.append("artifact masks: " + ", ".join(f"{k} {v}" for k, v in self.artifact_counts.items()))
+        if self.problems:
+            lines.append(f"problems ({len(self.problems)}):")
+            lines += [f"  - {p}" for p in self.problems]
+        else:
+            lines.append("problems: none")
+        return "\n".join(lines)
+
+
+def _verify_image(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
+
+
+def verify_files(index: DatasetIndex, problems: Problems) -> None:
+    """Decode every image and mask; masks must have their image's size."""
+    mask_cols = ["mask_path", *[f"{a}_path" for a in ARTIFACT_NAMES]]
+    for rec in index.table.to_dict("records"):
+        try:
+            wh = _verify_image(rec["path"])
+        except DataError as exc:
+            problems.add(str(exc))
+            continue
+        for col in mask_cols:
+            mp = rec.get(col)
+            if mp is None or pd.isna(mp):
+                continue
+            try:
+                with Image.open(mp) as m:
+                    m.load()
+                    size = m.size
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                problems.add(f"{mp}: cannot read mask ({exc}); replace or delete the mask file")
+                continue
+            if size != wh:
+                problems.add(
+                    f"{mp}: mask is {size[0]}x{size[1]} but its image is {wh[0]}x{wh[1]}; "
+                    "masks must have the size of their image"
+                )
+
+
+def check_dataset(root: str | Path, source: str = "auto", cfg=None) -> CheckReport:  # noqa: ANN001
+    """Validate ``root``; ``cfg`` (a Config) adds the class and split-balance checks."""
+    from robsal.data.pipeline import check_classes, read_dataset
+    from robsal.data.splits import make_splits
+
+    problems = Problems(collect=True)
+    try:
+        index = read_dataset(root, source, problems)
+    except DataError as exc:  # the dataset cannot be listed at all
+        return CheckReport(Path(root), source, pd.DataFrame(), problems=[*problems.items, str(exc)])
+    verify_files(index, problems)
+    t = index.table
+    rows = {}
+    for label, g in t.groupby("label", sort=True):
+        views = g.groupby("lesion_id").size()
+        rows[label] = {
+            "images": len(g), "lesions": len(views), "multi_view_lesions": int((views > 1).sum()),
+            "without_mask": int(g["mask_path"].isna().sum()),
+        }
+    counts = pd.DataFrame.from_dict(rows, orient="index",
+                                    columns=["images", "lesions", "multi_view_lesions", "without_mask"])
+    arts = {a: int(t[f"{a}_path"].notna().sum()) for a in ARTIFACT_NAMES} if index.has_artifact_masks else {}
+    if cfg is not None and len(t):
+        d = cfg.data
+        try:
+            check_classes(index, d.classes)
+            make_splits(t, d.classes, train_per_class=d.train_per_class, test_per_class=d.test_per_class,
+                        val_per_class=d.val_per_class, n_folds=d.n_folds, split_by=d.split_by, seed=d.seed,
+                        source=f"the dataset at {index.root}")
+        except DataError as exc:
+            problems.add(str(exc))
+    return CheckReport(index.root, index.layout, counts, arts, problems.items)

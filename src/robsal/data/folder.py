@@ -1,0 +1,64 @@
+"""Generic image-folder datasets (X-ray, CT slices, histology, ...).
+
+Layout::
+
+    root/<class>/<name>.png|jpg|jpeg            one sub-folder per class
+    <root>_masks/<class>/<name>.png             optional lesion/object masks (sibling folder;
+                                                <name>_segmentation.png is accepted too)
+
+The image id is the file name without extension and must be unique across
+classes. There is no lesion grouping information, so every image is its own
+lesion (``lesion_id = image_id``): splitting then equals ``split_by=image``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robsal.data.index import IMAGE_EXTS, INDEX_COLUMNS, DatasetIndex, Problems, check_root, inside
+from robsal.errors import DataError
+
+
+def masks_root(root: Path) -> Path:
+    return root.parent / f"{root.name}_masks"
+
+
+def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIndex:
+    """List ``root/<class>/*``; bad entries go to ``problems`` (default: raise)."""
+    problems = problems or Problems()
+    root = check_root(root)
+    mroot = masks_root(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"{root}: no class sub-folders; the folder layout is root/<class>/<image>.png "
+            "(or give a HAM10000 metadata CSV)"
+        )
+    rows = []
+    seen: dict[str, Path] = {}
+    for cdir in class_dirs:
+        label = cdir.name.lower()
+        for path in sorted(cdir.iterdir()):
+            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
+                continue
+            if not inside(root, path):
+                problems.add(f"{path} links outside the dataset folder {root}; copy the file in instead")
+                continue
+            iid = path.stem
+            if iid in seen:
+                problems.add(f"{path}: image name {iid} is also used by {seen[iid]}; rename one (ids must be unique)")
+                continue
+            seen[iid] = path
+            mask = None
+            for cand in (mroot / cdir.name / f"{iid}.png", mroot / cdir.name / f"{iid}_segmentation.png"):
+                if cand.is_file():
+                    mask = cand
+                    break
+            rows.append({"image_id": iid, "lesion_id": iid, "label": label, "path": str(path),
+                         "mask_path": str(mask) if mask else None})
+    table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    if table.empty:
+        problems.add(f"{root}: the class folders hold no .png/.jpg images")
+    return DatasetIndex(root, "folder", table)

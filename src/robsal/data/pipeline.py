@@ -1,0 +1,132 @@
+"""``prepare``: config -> dataset on disk -> splits -> cached arrays -> :class:`PreparedData`.
+
+Sources (``data.source``):
+
+* ``synthetic`` with ``data.root`` null: the built-in generator writes
+  ``RUN/data/`` (or, without a run directory, a cache folder keyed by the
+  generator settings) and it is read like HAM10000.
+* ``ham10000``: :mod:`robsal.data.ham10000`.
+* ``folder``: :mod:`robsal.data.folder`.
+* ``auto``: HAM10000 when ``root`` holds a CSV with ``image_id`` and ``dx``
+  columns, else the folder layout.
+
+Splits: ``RUN/splits.csv`` when it exists, else ``data.splits``, else new ones
+(:func:`robsal.data.splits.make_splits`); the result is written to
+``RUN/splits.csv`` so later stages and runs reuse exactly the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from robsal.config import Config, DataConfig, load_run_config
+from robsal.data import synthetic
+from robsal.data.cache import default_cache_dir, load_arrays
+from robsal.data.folder import read_folder
+from robsal.data.ham10000 import find_metadata, read_ham10000
+from robsal.data.index import DatasetIndex, Problems, check_root
+from robsal.data.prepared import PreparedData
+from robsal.data.splits import check_splits, make_splits, read_splits, write_splits
+from robsal.errors import DataError
+
+SPLITS_FILE = "splits.csv"
+
+
+def detect_layout(root: str | Path) -> str:
+    """``ham10000`` when ``root`` has a metadata CSV (image_id, dx columns), else ``folder``."""
+    return "ham10000" if find_metadata(check_root(root)) is not None else "folder"
+
+
+def read_dataset(root: str | Path, source: str = "auto", problems: Problems | None = None) -> DatasetIndex:
+    """List the dataset at ``root`` with the given layout (``auto`` detects it)."""
+    layout = detect_layout(root) if source in ("auto", "synthetic") else source
+    if layout == "ham10000":
+        return read_ham10000(root, problems)
+    if layout == "folder":
+        return read_folder(root, problems)
+    raise DataError(f"data.source: unknown source {source!r}; use synthetic, ham10000, folder or auto")
+
+
+def synthetic_root(cfg: Config, run_dir: str | Path | None, progress: bool = True) -> Path:
+    """Generate (or reuse) the built-in synthetic dataset for ``cfg.data.synth``."""
+    settings = synthetic.SynthSettings.from_config(cfg.data.synth)
+    wanted = {"version": synthetic.SYNTH_VERSION, "settings": settings.to_dict()}
+    if run_dir is not None:
+        root = Path(run_dir) / "data"
+    else:
+        h = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+        root = default_cache_dir(cfg.data.cache_dir) / "synthetic" / h
+    have = synthetic.read_settings(root)
+    if have is not None and {k: have.get(k) for k in wanted} == wanted:
+        return root
+    if root.exists() and any(root.iterdir()) and have is None:
+        raise DataError(f"{root} holds files that are not a robsal synthetic dataset; move them away")
+    return synthetic.generate(root, settings, progress=progress, overwrite=True)
+
+
+def dataset_root(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, str]:
+    """(folder, source) the config points at, generating the synthetic set if needed."""
+    d: DataConfig = cfg.data
+    if d.source == "synthetic" and d.root is None:
+        return synthetic_root(cfg, run_dir, progress), "ham10000"
+    if d.root is None:
+        raise DataError(f"data.source={d.source} needs a dataset folder: pass --data DIR (or set data.root)")
+    return check_root(d.root), d.source
+
+
+def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path | None):  # -> DataFrame
+    d = cfg.data
+    run_splits = Path(run_dir) / SPLITS_FILE if run_dir is not None else None
+    source = f"the dataset at {index.root}"
+    if run_splits is not None and run_splits.exists():
+        splits = read_splits(run_splits)
+    elif d.splits:
+        splits = read_splits(d.splits)
+    else:
+        splits = make_splits(
+            index.table, d.classes, train_per_class=d.train_per_class, test_per_class=d.test_per_class,
+            val_per_class=d.val_per_class, n_folds=d.n_folds, split_by=d.split_by, seed=d.seed, source=source,
+        )
+    check_splits(splits, index.table, d.classes, source)
+    if run_splits is not None and not run_splits.exists():
+        write_splits(splits, run_splits)
+    return splits
+
+
+def check_classes(index: DatasetIndex, classes: list[str]) -> None:
+    have = index.classes
+    unknown = [c for c in classes if c not in have]
+    if unknown:
+        raise DataError(
+            f"data.classes: class {unknown[0]!r} is not in the dataset at {index.root} "
+            f"(it has: {', '.join(have) or 'none'}); fix data.classes"
+        )
+
+
+def prepare(cfg: Config, run_dir: str | Path | None = None, *, progress: bool = True) -> PreparedData:
+    """Dataset -> splits -> cached uint8 arrays (Section 2, Appendix A); see the module docstring."""
+    root, source = dataset_root(cfg, run_dir, progress)
+    index = read_dataset(root, source)
+    check_classes(index, cfg.data.classes)
+    splits = make_or_reuse_splits(cfg, index, run_dir)
+    rows = index.table.set_index("image_id").loc[splits["image_id"]].reset_index()
+    arrays = load_arrays(
+        rows, cfg.data.image_size, center_crop=cfg.data.center_crop, with_artifacts=index.has_artifact_masks,
+        cache_dir=cfg.data.cache_dir, progress=progress,
+    )
+    class_index = {c: i for i, c in enumerate(cfg.data.classes)}
+    labels = splits["label"].map(class_index).to_numpy(dtype=np.int64)
+    return PreparedData(
+        images=arrays.images, labels=labels, classes=list(cfg.data.classes), splits=splits,
+        masks=arrays.masks, has_mask=arrays.has_mask, artifact_masks=arrays.artifact_masks,
+    )
+
+
+def load_run_data(run_dir: str | Path, *, progress: bool = False) -> PreparedData:
+    """The data of an existing run (``RUN/config.yaml`` + ``RUN/splits.csv``)."""
+    cfg = load_run_config(run_dir)
+    return prepare(cfg, run_dir, progress=progress)
