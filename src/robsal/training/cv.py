@@ -88,8 +88,7 @@ def tune(
         todo = [(lr, bs) for lr, bs in grid if (lr, bs, fold) not in done]
         if not todo:
             continue
-        tr = data.indices("train", exclude_fold=fold)
-        va = data.indices("train", fold=fold)
+        tr, va = _fold_indices(data, fold)
         if len(tr) == 0 or len(va) == 0:
             raise DataError(f"fold {fold} leaves no training or no held-out images; check splits.csv")
         seed_everything(cfg.seed)
@@ -127,6 +126,13 @@ def tune(
     }
     write_json(out_dir / "best.json", best)
     return best
+
+
+def _fold_indices(data, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of CV fold ``fold`` within the train split."""
+    is_train = (data.splits["split"] == "train").to_numpy(copy=True)
+    folds = pd.to_numeric(data.splits["fold"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return np.flatnonzero(is_train & (folds != fold)), np.flatnonzero(is_train & (folds == fold))
 
 
 def _replace(phase, lr: float, bs: int):
