@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
@@ -60,14 +61,16 @@ def _verify_image(path: str) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
 
 
-def verify_files(index: DatasetIndex, problems: Problems) -> None:
-    """Decode every image and mask; masks must have their image's size."""
+def verify_files(index: DatasetIndex, problems: Problems) -> np.ndarray:
+    """Decode every image and mask (masks must have their image's size) -> (N,) bool readable image."""
     mask_cols = ["mask_path", *[f"{a}_path" for a in ARTIFACT_NAMES]]
-    for rec in index.table.to_dict("records"):
+    ok = np.ones(len(index.table), bool)
+    for i, rec in enumerate(index.table.to_dict("records")):
         try:
             wh = _verify_image(rec["path"])
         except DataError as exc:
             problems.add(str(exc))
+            ok[i] = False
             continue
         for col in mask_cols:
             mp = rec.get(col)
@@ -85,6 +88,7 @@ def verify_files(index: DatasetIndex, problems: Problems) -> None:
                     f"{mp}: mask is {size[0]}x{size[1]} but its image is {wh[0]}x{wh[1]}; "
                     "masks must have the size of their image"
                 )
+    return ok
 
 
 def check_dataset(root: str | Path, source: str = "auto", cfg=None) -> CheckReport:  # noqa: ANN001
@@ -97,8 +101,7 @@ def check_dataset(root: str | Path, source: str = "auto", cfg=None) -> CheckRepo
         index = read_dataset(root, source, problems)
     except DataError as exc:  # the dataset cannot be listed at all
         return CheckReport(Path(root), source, pd.DataFrame(), problems=[*problems.items, str(exc)])
-    verify_files(index, problems)
-    t = index.table
+    t = index.table[verify_files(index, problems)]  # counts of readable images
     rows = {}
     for label, g in t.groupby("label", sort=True):
         views = g.groupby("lesion_id").size()

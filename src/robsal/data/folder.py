@@ -27,7 +27,7 @@ def masks_root(root: Path) -> Path:
 
 def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIndex:
     """List ``root/<class>/*``; bad entries go to ``problems`` (default: raise)."""
-    problems = problems or Problems()
+    problems = problems if problems is not None else Problems()
     root = check_root(root)
     mroot = masks_root(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

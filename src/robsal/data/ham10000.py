@@ -33,8 +33,12 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _MASK_SUFFIXES = {"segmentation": "mask_path", **{a: f"{a}_path" for a in ARTIFACT_NAMES}}
 
 
-def find_metadata(root: Path) -> Path | None:
-    """The metadata CSV in ``root`` (header with image_id and dx), or None."""
+def find_metadata(root: Path, strict: bool = True) -> Path | None:
+    """The metadata CSV in ``root`` (header with image_id and dx), or None.
+
+    With ``strict=False`` a file named ``HAM10000_metadata*`` (or the only CSV)
+    is returned even when columns are missing, so the caller can say which.
+    """
     candidates = sorted(
         p for p in root.iterdir()
         if p.is_file() and (p.suffix.lower() == ".csv" or p.name.lower() == "ham10000_metadata")
@@ -48,6 +52,10 @@ def find_metadata(root: Path) -> Path | None:
         cols = {h.strip().lower() for h in header}
         if {"image_id", "dx"} <= cols:
             return p
+    if not strict:
+        named = [p for p in candidates if p.name.lower().startswith("ham10000_metadata")]
+        if named or len(candidates) == 1:
+            return (named or candidates)[0]
     return None
 
 
@@ -96,9 +104,9 @@ def read_metadata(path: Path, problems: Problems) -> pd.DataFrame | None:
 
 def read_ham10000(root: str | Path, problems: Problems | None = None, metadata: str | Path | None = None) -> DatasetIndex:
     """List a HAM10000-layout dataset; every bad row goes to ``problems`` (default: raise)."""
-    problems = problems or Problems()
+    problems = problems if problems is not None else Problems()
     root = check_root(root)
-    meta_path = Path(metadata) if metadata else find_metadata(root)
+    meta_path = Path(metadata) if metadata else find_metadata(root, strict=False)
     if meta_path is None:
         raise DataError(
             f"{root}: no metadata CSV with image_id and dx columns; put HAM10000_metadata.csv in this folder"
