@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from scipy import ndimage
 
@@ -29,15 +30,18 @@ OUTLINE_RGB = (0, 230, 118)  # lesion outline colour (green, as masks are drawn 
 def map_range(maps: np.ndarray, percentile: float = CAP_PERCENTILE) -> tuple[float, float]:
     """(low, cap) used to normalise one map or a stack of maps on one scale.
 
-    ``cap`` is the ``percentile``-th percentile of all values, ``low`` their minimum
-    (below ``cap``). Maps are non-negative (sum of |attribution| over channels, or a
-    ReLU'd Grad-CAM), so ``low`` is usually 0.
+    ``cap`` is the ``percentile``-th percentile of all values. ``low`` is 0: maps are
+    non-negative (sum of |attribution| over channels, or a ReLU'd Grad-CAM), and the
+    paper rescales by the cap alone. (A min-max rescale would stretch a nearly
+    constant map, e.g. a 1x1 Grad-CAM at tiny input sizes, so that float noise looks
+    like structure; here a constant positive map shows as uniformly salient.) Should
+    a map hold negative values, ``low`` is its minimum.
     """
     values = np.asarray(maps, dtype=np.float64).ravel()
     if values.size == 0:
         raise ValueError("cannot normalise an empty saliency map")
     cap = float(np.percentile(values, percentile))
-    low = float(min(values.min(), cap))
+    low = float(min(values.min(), 0.0))
     return low, cap
 
 
@@ -50,7 +54,7 @@ def normalise_map(
     value_range: (low, cap) from :func:`map_range`; None = this map's own range (the
                  paper's per-map scale). Passing the range of several maps puts them on
                  one shared scale.
-    Returns (H, W) float32 in [0, 1]; a constant map becomes all zeros.
+    Returns (H, W) float32 in [0, 1]; an all-zero map stays all zeros.
     """
     m = np.asarray(saliency, dtype=np.float64)
     low, cap = map_range(m, percentile) if value_range is None else value_range
@@ -150,6 +154,7 @@ def training_curves_png(histories: Mapping[str, Sequence[Mapping[str, object]]])
     ax_loss.set(xlabel="epoch (phase 1 then phase 2)", ylabel="cross-entropy loss", title="Loss")
     ax_acc.set(xlabel="epoch (phase 1 then phase 2)", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -274,7 +274,7 @@ def _section_config(run: RunContents) -> str:
     bits = [f"{k}: {meta[k]}" for k in ("config_name", "seed", "commit", "created") if meta.get(k) is not None]
     head = f'<p class="note">{e("; ".join(bits))}</p>' if bits else ""
     body = (
-        f"<details open><summary>RUN/config.yaml</summary><pre>{e(run.config_text)}</pre></details>"
+        f"<details><summary>RUN/config.yaml (click to show)</summary><pre>{e(run.config_text)}</pre></details>"
         if run.config_text is not None
         else '<p class="note">config.yaml is missing.</p>'
     )
@@ -515,7 +515,9 @@ def _section_failures(run: RunContents, store: ImageStore) -> str:
         )
         return "".join(parts)
     parts.append(f"<p>Method: <strong>{e(method)}</strong>.</p>")
-    for model in list(dict.fromkeys(table["model"])):
+    found = list(dict.fromkeys(table["model"]))
+    order = [m for m in list(run.models) + list(run.saliency) if m in found]
+    for model in list(dict.fromkeys(order + found)):
         tiles = []
         for kind, g in table[table["model"] == model].groupby("kind", sort=False):
             for row in g.sort_values("share", ascending=False).head(FAILURES_PER_MODEL).itertuples(index=False):
@@ -539,7 +541,9 @@ def _verdict_class(text: str) -> str:
     low = text.lower()
     if low.startswith(("supported", "partly supported")):
         return "verdict-supported"
-    if low.startswith(("not supported", "contradicted", "mixed", "inconclusive")):
+    if low.startswith(("contradicted", "refuted")):
+        return "verdict-contradicted"
+    if low.startswith(("not supported", "mixed", "inconclusive")):
         return "verdict-not"
     return ""
 
@@ -760,8 +764,8 @@ def render_report(run: RunContents, store: ImageStore) -> str:
         _section_dataset(run, store),
         _section_config(run),
         _section_training(run, store),
-        _section_grids(run, store),
         _section_viewer(run, store),
+        _section_grids(run, store),
         _section_failures(run, store),
         _section_metrics(run, store),
         _section_figures(run, store),
@@ -769,7 +773,7 @@ def render_report(run: RunContents, store: ImageStore) -> str:
     ]
     nav = [
         ("status", "Status"), ("dataset", "Dataset"), ("config", "Config"), ("training", "Training"),
-        ("saliency", "Saliency"), ("viewer-section", "Viewer"), ("failures", "Failure cases"),
+        ("viewer-section", "Viewer"), ("saliency", "Saliency grids"), ("failures", "Failure cases"),
         ("metrics", "Metrics"), ("figures", "Figures"), ("limitations", "Limitations"),
     ]
     nav_html = "".join(f'<a href="#{a}">{t}</a>' for a, t in nav)
