@@ -117,6 +117,7 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
                     records.append((iid, name, method, "relevance_mass", float(mp[k][m[k]].sum()) / total))
                     records.append((iid, name, method, "artifact_share_hair", float(mp[k][h[k]].sum()) / total))
                     records.append((iid, name, method, "artifact_share_ruler", 0.0))
+                    records.append((iid, name, method, "total_variation", 0.1 * (k + 1) + 0.01 * mi))
         mark_done(run_dir, "saliency", seconds=3.0)
     per_image = pd.DataFrame(records, columns=["image_id", "model", "method", "metric", "value"])
     if "metrics" in parts and records:

@@ -125,6 +125,10 @@ def test_failure_cases_are_the_measured_worst_images(built):
         assert f"{100 * (1 - worst['value']):.1f}%</strong> outside the lesion" in section
         hair = pi[(pi["model"] == model) & (pi["metric"] == "artifact_share_hair")]
         assert f"{100 * hair['value'].max():.1f}%</strong> on hair" in section
+        tv = pi[(pi["model"] == model) & (pi["metric"] == "total_variation")]["value"]
+        assert f"<strong>{tv.max():.3f}</strong> total variation (noisy)" in section
+    # each model in the run's order, its worst outside-lesion case first
+    assert section.index("standard (standard)") < section.index("robust_eps4 (eps=4)")
     # the standard model's maps sit on the hair: its worst artifact share is large
     std_hair = pi[(pi["model"] == "standard") & (pi["metric"] == "artifact_share_hair")]["value"].max()
     assert std_hair > 0.5
@@ -241,6 +245,16 @@ def test_missing_run_directory_and_corrupt_files_are_user_errors(fake_run_factor
     (fake.run_dir / "metrics" / "per_image.csv").write_text("image_id,model\nx,y\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"per_image\.csv lacks the column\(s\) method, metric, value"):
         build_report(fake.run_dir, data=fake.data)
+
+
+def test_automatic_embedding_switches_to_report_files_for_big_runs(fake_run, monkeypatch):
+    import robsal.report.html as H
+
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    assert 'src="data:image/png;base64,' in page and not (fake_run.run_dir / "report_files").exists()
+    monkeypatch.setattr(H, "EMBED_LIMIT_BYTES", 1000)
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    assert "data:image/png" not in page and 'src="report_files/' in page
 
 
 def test_cli_builds_the_report_and_reports_errors(fake_run, tmp_path, capsys):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robsal.errors import DataError
 from robsal.io import write_text
 from robsal.report import figures as F
 from robsal.report.assets import EMBED_LIMIT_BYTES, ImageStore, estimate_png_bytes
@@ -130,9 +131,10 @@ def _input_rgb(run: RunContents, image_id: str, with_mask: bool = True) -> np.nd
     """(H, W, 3) uint8 of a run image with its lesion outline, or None without data."""
     if run.data is None:
         return None
-    row = run.data._row.get(str(image_id))  # noqa: SLF001 - PreparedData's id index
-    if row is None:
-        return None
+    try:
+        row = int(run.data.rows_of([str(image_id)])[0])
+    except DataError:
+        return None  # an id the run's data does not hold (e.g. a map of another dataset)
     rgb = F.chw_to_rgb(run.data.images[row])
     if with_mask and run.data.masks is not None and bool(run.data.has_mask[row]):
         rgb = F.draw_outline(rgb, run.data.masks[row])
@@ -434,7 +436,9 @@ def _section_viewer(run: RunContents, store: ImageStore) -> str:
                     stack[m] = (s.maps[r], _class_name(run, s.predictions[r]))
             if not stack:
                 continue
-            shared = F.map_range(np.stack([v[0] for v in stack.values()]))
+            # one range over all models' maps of this image and method (values pooled, so
+            # maps of different sizes still share it)
+            shared = F.map_range(np.concatenate([v[0].ravel() for v in stack.values()]))
             entry["maps"][method] = {
                 m: {
                     "own": store.add(F.map_png(v[0]), "map"),
@@ -493,6 +497,11 @@ def _failure_metric_table(run: RunContents, method: str) -> pd.DataFrame:
             best = g.loc[g["value"].idxmax()]
             name = str(best["metric"]).removeprefix("artifact_share").strip("_") or "artifacts"
             out.append({"model": str(model), "image_id": str(iid), "kind": f"on {name}", "share": float(best["value"])})
+    # paper Fig. 2, lesion 3: "the saliency map can be noisy" -> the highest total variation
+    tv = df[df["metric"].astype(str) == "total_variation"]
+    for row in tv.itertuples(index=False):
+        if np.isfinite(row.value):
+            out.append({"model": str(row.model), "image_id": str(row.image_id), "kind": "total variation (noisy)", "share": float(row.value)})
     return pd.DataFrame(out, columns=["model", "image_id", "kind", "share"])
 
 
@@ -501,7 +510,8 @@ def _section_failures(run: RunContents, store: ImageStore) -> str:
     parts.append(
         '<p class="note">Paper Figure 2: saliency can land on artifacts (hair, dark corners, rulers) or off the lesion. '
         "Below, for each model, the images whose map puts the largest share of its mass outside the lesion mask "
-        "(1 &minus; relevance mass) and on an artifact mask (artifact share), measured, not picked by eye.</p>"
+        "(1 &minus; relevance mass) and on an artifact mask (artifact share), and the noisiest maps (highest total "
+        "variation of the map scaled to max 1; 0 = smooth), measured, not picked by eye.</p>"
     )
     if run.per_image is None or run.per_image.empty:
         parts.append('<p class="note">Not available: metrics/per_image.csv is missing.</p></section>')
@@ -529,8 +539,9 @@ def _section_failures(run: RunContents, store: ImageStore) -> str:
                 r = s.row(row.image_id) if s is not None else None
                 if r is not None:
                     pics += f'<img class="tile" alt="map" src="{store.add(F.map_png(s.maps[r]), "fail_map")}">'
+                value = _fmt(row.share, 3) if kind.startswith("total variation") else _pct(row.share)
                 tiles.append(
-                    f"<figure>{pics}<figcaption><strong>{_pct(row.share)}</strong> {e(kind)}<br>{e(row.image_id)}</figcaption></figure>"
+                    f"<figure>{pics}<figcaption><strong>{value}</strong> {e(kind)}<br>{e(row.image_id)}</figcaption></figure>"
                 )
         parts.append(f"<h3>{e(_model_label(run, model))}</h3><div class=\"tiles\">{''.join(tiles)}</div>")
     parts.append("</section>")
