@@ -1,5 +1,34 @@
-"""Subcommands of robsal.metrics (placeholder until the stage lands)."""
+"""``robsal evaluate --run RUN``: metrics and statistics of a run's saliency maps."""
+
+from __future__ import annotations
+
+import argparse
 
 
 def register(sub) -> None:  # noqa: ANN001
-    return None
+    p = sub.add_parser(
+        "evaluate",
+        help="measure the saliency maps of a run (localisation, sharpness, faithfulness, sanity, stability)",
+        description="Score every RUN/saliency/<model>/<method>.npz and write RUN/metrics/per_image.csv, "
+        "summary.csv, summary.json and plots under RUN/figures/.",
+    )
+    p.add_argument("--run", required=True, help="run directory (made by robsal run / train / explain)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the run's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from robsal.metrics.run import evaluate_run
+
+    out = evaluate_run(Path(args.run), device=args.device, progress=not args.no_progress)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    print(f"wrote {out}/per_image.csv, summary.csv, summary.json ({summary['seconds']} s)")
+    for v in summary["verdicts"]:
+        print(v["line"])
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,134 @@
+"""Figures of the metrics stage (matplotlib Agg, atomic writes) under ``RUN/figures/``.
+
+- ``metric_<name>.png``: box plot per metric, one box per model x method (+ controls),
+  with the per-image values as points.
+- ``deletion_curves.png``: mean target probability along deletion (MoRF, solid; LeRF,
+  dotted) and insertion (dashed) per method, one line colour per model.
+- ``sanity_randomisation.png``: mean Spearman and SSIM to the original maps as groups are
+  randomised from the logits down, with the random-pair floor (horizontal line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from robsal.io import atomic_path  # noqa: E402
+
+# per-image metrics that get a box plot (the rest are in summary.csv)
+BOX_METRICS = (
+    "relevance_mass",
+    "relevance_mass_lift",
+    "relevance_rank",
+    "pointing_game",
+    "auroc",
+    "gini",
+    "entropy",
+    "total_variation",
+    "spatial_autocorrelation",
+    "edge_correlation",
+    "cos_input_gradient",
+    "deletion_gap",
+    "insertion_auc",
+    "max_sensitivity",
+)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def box_plot(per_image: pd.DataFrame, metric: str, path: Path) -> Path | None:
+    d = per_image[per_image["metric"] == metric]
+    if d.empty:
+        return None
+    groups = sorted(d.groupby(["method", "model"]).groups)
+    data = [d[(d["method"] == me) & (d["model"] == mo)]["value"].to_numpy() for me, mo in groups]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(groups) + 1.5), 3.6))
+    ax.boxplot(data, showmeans=True)
+    for i, v in enumerate(data, start=1):
+        ax.plot([i] * len(v), v, ".", color="0.3", alpha=0.5, markersize=3)
+    ax.set_xticks(range(1, len(groups) + 1))
+    ax.set_xticklabels([f"{me}\n{mo}" for me, mo in groups], rotation=60, ha="right", fontsize=7)
+    ax.set_title(metric)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def deletion_plot(curves: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> Path | None:
+    methods = sorted({me for per in curves.values() for me in per})
+    if not methods:
+        return None
+    cols = min(3, len(methods))
+    rows = (len(methods) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, method in zip(axes.flat, methods):
+        for j, (model, per) in enumerate(sorted(curves.items())):
+            if method not in per:
+                continue
+            c = colours[j % len(colours)]
+            for path_name, style in (("deletion", "-"), ("deletion_lerf", ":"), ("insertion", "--")):
+                y = per[method][path_name]
+                x = [k / (len(y) - 1) for k in range(len(y))]
+                ax.plot(x, y, style, color=c, label=f"{model} {path_name}")
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel("p(target)")
+        ax.set_ylim(0, 1)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sanity_plot(sanity: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    methods = sorted({me for per in sanity.values() for me in per})
+    if not methods:
+        return None
+    fig, axes = plt.subplots(2, len(methods), figsize=(3.2 * len(methods), 5.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for col, method in enumerate(methods):
+        for j, (model, per) in enumerate(sorted(sanity.items())):
+            if method not in per:
+                continue
+            s, c = per[method], colours[j % len(colours)]
+            for row, key in enumerate(("spearman", "ssim")):
+                ax = axes[row, col]
+                ys = [s[key][st] for st in s["stages"]]
+                ax.plot(["orig"] + s["stages"], [1.0] + ys, "o-", color=c, label=f"{model}")
+                ax.axhline(s[f"floor_{key}"], color=c, ls=":", lw=1)
+                ax.set_ylabel(key)
+                ax.set_ylim(-0.2, 1.05)
+        axes[0, col].set_title(method, fontsize=9)
+        axes[1, col].set_xlabel("randomised down to")
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_plots(run_dir: str | Path, per_image: pd.DataFrame, summary: dict[str, Any]) -> list[Path]:
+    """Every figure of the metrics stage; returns the paths written."""
+    fig_dir = Path(run_dir) / "figures"
+    out = []
+    for metric in BOX_METRICS:
+        p = box_plot(per_image, metric, fig_dir / f"metric_{metric}.png")
+        if p:
+            out.append(p)
+    p = deletion_plot(summary.get("faithfulness_curves", {}), fig_dir / "deletion_curves.png")
+    if p:
+        out.append(p)
+    p = sanity_plot(summary.get("sanity", {}), fig_dir / "sanity_randomisation.png")
+    if p:
+        out.append(p)
+    return out
