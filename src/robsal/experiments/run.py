@@ -157,9 +157,11 @@ def summary_lines(run_dir: str | Path) -> list[str]:
         lines.append("accuracy: " + "; ".join(accs))
     summary = run_dir / "metrics" / "summary.json"
     if summary.exists():
-        verdicts = read_json(summary).get("verdicts", [])
-        for v in verdicts[:2]:
-            text = v.get("text") if isinstance(v, dict) else str(v)
-            if text:
-                lines.append(text)
+        verdicts = [v for v in read_json(summary).get("verdicts", []) if isinstance(v, dict)]
+        # Headline: the paper's two main claims for its main method (Gradient), first robust model.
+        for claim in ("sharper", "on_lesion"):
+            hits = [v for v in verdicts if v.get("claim") == claim and v.get("method") == "gradient"]
+            hits = hits or [v for v in verdicts if v.get("claim") == claim]
+            if hits and hits[0].get("line"):
+                lines.append(hits[0]["line"])
     return lines[:3]
