@@ -89,7 +89,8 @@ def make_splits(
         rng = np.random.default_rng([seed, ci])
         groups = [groups[i] for i in rng.permutation(len(groups))]
         test, rest = _take(groups, n_test)
-        test_groups = [[i for i in g if i in set(test)] for g in groups if any(i in set(test) for i in g)]
+        test_set = set(test)
+        test_groups = [[i for i in g if i in test_set] for g in groups if test_set.intersection(g)]
         val, _ = _take(test_groups, val_per_class) if val_per_class else ([], None)
         val_set = set(val)
         val_lesions = {tuple(g) for g in test_groups if val_set & set(g)}

@@ -1,0 +1,101 @@
+"""The uint8 memory-mapped cache: preprocessing numbers, keys, reuse."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from robsal.data.cache import cache_key, load_arrays, load_image, load_mask
+from robsal.data.index import INDEX_COLUMNS
+
+
+def _rows(paths, masks=None):
+    df = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(paths))], "lesion_id": "l", "label": "a",
+                       "path": [str(p) for p in paths]})
+    df["mask_path"] = [str(m) if m else None for m in (masks or [None] * len(paths))]
+    for c in INDEX_COLUMNS:
+        if c not in df:
+            df[c] = None
+    return df[INDEX_COLUMNS]
+
+
+def test_centre_crop_then_resize_matches_closed_form(tmp_path):
+    # 8x6 image: crop keeps columns 1..6 (the central 6x6); at size 6 the resize is the identity
+    arr = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    out, wh = load_image(tmp_path / "a.png", 6)
+    assert wh == (8, 6)
+    np.testing.assert_array_equal(out, arr[:, 1:7].transpose(2, 0, 1))
+    # without the crop the whole image is resized
+    out, _ = load_image(tmp_path / "a.png", 6, center_crop=False)
+    assert out.shape == (3, 6, 6)
+    assert not np.array_equal(out, arr[:, 1:7].transpose(2, 0, 1))
+
+
+def test_resize_is_antialiased_and_masks_use_nearest(tmp_path):
+    # a 1-px checkerboard averages to grey when shrunk with an antialiasing filter
+    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([board] * 3, -1)).save(tmp_path / "b.png")
+    out, _ = load_image(tmp_path / "b.png", 16)
+    assert abs(out.astype(float).mean() - 127.5) < 2 and out.std() < 3
+    m = load_mask(tmp_path / "b.png", 16, (64, 64))
+    assert set(np.unique(m)) <= {0, 1} and m.dtype == np.uint8
+    # a 0/255 mask with an off-centre block keeps its block (nearest) after the crop
+    mask = np.zeros((30, 40), np.uint8)
+    mask[:, 5:20] = 255  # cropped square covers x 5..34 -> block is the left half
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    m = load_mask(tmp_path / "m.png", 10, (40, 30))
+    np.testing.assert_array_equal(m, np.repeat([[1] * 5 + [0] * 5], 10, axis=0))
+
+
+def test_cache_is_reused_and_keyed_by_files_and_settings(tmp_path):
+    paths = []
+    for k in range(3):
+        Image.fromarray(np.full((12, 16, 3), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+        paths.append(tmp_path / f"{k}.png")
+    rows = _rows(paths)
+    a = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
+    assert not a.hit and isinstance(a.images, np.memmap) and a.images.shape == (3, 3, 8, 8)
+    assert a.masks is None and not a.has_mask.any()
+    np.testing.assert_array_equal(a.images[:, 0, 0, 0], [0, 40, 80])
+    b = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
+    assert b.hit and b.key == a.key
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+    assert cache_key(rows, 16, True, False) != a.key  # another size
+    assert cache_key(rows, 8, False, False) != a.key  # no crop
+    assert cache_key(rows.iloc[::-1], 8, True, False) != a.key  # another order
+    Image.fromarray(np.full((12, 16, 3), 200, np.uint8)).save(paths[1])  # edit a source file
+    st = os.stat(paths[1])
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    c = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
+    assert not c.hit and c.images[1, 0, 0, 0] == 200
+
+
+def test_an_interrupted_entry_is_rebuilt(tmp_path):
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(tmp_path / "x.png")
+    rows = _rows([tmp_path / "x.png"])
+    a = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
+    (tmp_path / "c" / a.key / "done.json").unlink()  # as if the process died before the end
+    (tmp_path / "c" / a.key / "images.npy").write_bytes(b"garbage")
+    b = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
+    assert not b.hit and b.images[0, 0, 0, 0] == 9
+
+
+@pytest.mark.parametrize("with_artifacts", [False, True])
+def test_masks_and_artifacts_rows(tmp_path, with_artifacts):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "x_m.png")
+    rows = _rows([tmp_path / "x.png", tmp_path / "x.png"], [tmp_path / "x_m.png", None])
+    rows.loc[0, "hair_path"] = str(tmp_path / "x_m.png")
+    a = load_arrays(rows, 4, with_artifacts=with_artifacts, cache_dir=tmp_path / "c", progress=False)
+    assert a.has_mask.tolist() == [True, False]
+    assert a.masks[0].all() and not a.masks[1].any()
+    if with_artifacts:
+        assert set(a.artifact_masks) == {"hair", "ruler", "vignette", "bubble"}
+        assert a.artifact_masks["hair"][0].all() and not a.artifact_masks["ruler"].any()
+    else:
+        assert a.artifact_masks == {}
