@@ -184,11 +184,14 @@ def test_report_is_self_contained_and_offline(built):
 def test_report_files_mode_writes_pictures_beside_the_report(fake_run):
     path = build_report(fake_run.run_dir, data=fake_run.data, embed=False)
     page = path.read_text(encoding="utf-8")
-    srcs = re.findall(r'src="([^"]*)"', page) + re.findall(r'"(report_files/[^"]+)"', page)
-    assert srcs and all(s.startswith("report_files/") for s in srcs)
+    assert all(s.startswith("report_files/") for s in re.findall(r'src="([^"]*)"', page))
+    srcs = re.findall(r'"(report_files/[^"]+)"', page)  # every reference once: <img src> and viewer JSON
+    assert len(srcs) > 20
     for s in srcs:
         assert (fake_run.run_dir / s).is_file(), s
     files = sorted((fake_run.run_dir / "report_files").iterdir())
+    # identical pictures (a map in the grid and in the viewer) are written once
+    assert len(files) == len(set(srcs)) < len(srcs)
     # a rebuild replaces, not accumulates, the pictures
     build_report(fake_run.run_dir, data=fake_run.data, embed=False)
     assert len(list((fake_run.run_dir / "report_files").iterdir())) == len(files)

@@ -5,6 +5,7 @@ written beside it in ``RUN/report_files/`` when embedding would make the HTML to
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -30,18 +31,25 @@ class ImageStore:
         self.count = 0
         self.total_bytes = 0
         self._files = self.run_dir / FILES_DIR
+        self._written: dict[str, str] = {}
         if not embed and self._files.exists():
             shutil.rmtree(self._files)  # stale pictures of an earlier report
 
     def add(self, png: bytes, stem: str = "img") -> str:
+        if self.embed:
+            self.count += 1
+            self.total_bytes += len(png)
+            return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        key = hashlib.sha1(png).hexdigest()
+        if key in self._written:  # the same picture (e.g. a map in the grid and the viewer) once
+            return self._written[key]
         self.count += 1
         self.total_bytes += len(png)
-        if self.embed:
-            return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:60] or "img"
         name = f"{self.count:05d}_{safe}.png"
         write_bytes(self._files / name, png)
-        return f"{FILES_DIR}/{name}"
+        self._written[key] = f"{FILES_DIR}/{name}"
+        return self._written[key]
 
 
 def estimate_png_bytes(n_pixels: int) -> int:

@@ -24,7 +24,8 @@ from scipy import ndimage
 # scale, stays legible on screens, and in grey-scale print it is a single-colour map.
 MAP_CMAP = "inferno"
 CAP_PERCENTILE = 99.0  # paper Appendix B, after Smilkov et al. (SmoothGrad)
-OUTLINE_RGB = (0, 230, 118)  # lesion outline colour (green, as masks are drawn in the paper's Fig. 4)
+OUTLINE_RGB = (0, 230, 118)  # lesion outline colour (green)
+ARTIFACT_RGB = (0, 190, 255)  # artifact masks (hair, ruler, ...) in the dataset examples (light blue)
 
 
 def map_range(maps: np.ndarray, percentile: float = CAP_PERCENTILE) -> tuple[float, float]:

@@ -127,8 +127,8 @@ def _class_name(run: RunContents, index: Any) -> str:
     return classes[i] if 0 <= i < len(classes) else str(i)
 
 
-def _input_rgb(run: RunContents, image_id: str, with_mask: bool = True) -> np.ndarray | None:
-    """(H, W, 3) uint8 of a run image with its lesion outline, or None without data."""
+def _input_rgb(run: RunContents, image_id: str, with_mask: bool = True, with_artifacts: bool = False) -> np.ndarray | None:
+    """(H, W, 3) uint8 of a run image with its lesion outline (and artifact outlines), or None without data."""
     if run.data is None:
         return None
     try:
@@ -136,6 +136,9 @@ def _input_rgb(run: RunContents, image_id: str, with_mask: bool = True) -> np.nd
     except DataError:
         return None  # an id the run's data does not hold (e.g. a map of another dataset)
     rgb = F.chw_to_rgb(run.data.images[row])
+    if with_artifacts:
+        for amask in run.data.artifact_masks.values():
+            rgb = F.draw_outline(rgb, amask[row], F.ARTIFACT_RGB)
     if with_mask and run.data.masks is not None and bool(run.data.has_mask[row]):
         rgb = F.draw_outline(rgb, run.data.masks[row])
     return rgb
@@ -248,8 +251,8 @@ def _section_dataset(run: RunContents, store: ImageStore) -> str:
         parts.append('<p class="note">Example images are not available (see "Not in this report" above).</p>')
     else:
         parts.append(
-            '<p class="note">Green line: the lesion mask outline. Listed below each image: the artifacts '
-            "its artifact masks mark.</p>"
+            '<p class="note">Green line: the lesion mask outline; blue: the outlines of the artifact masks '
+            "(named below each image).</p>"
         )
         data = run.data
         for ci, cname in enumerate(data.classes):
@@ -259,7 +262,7 @@ def _section_dataset(run: RunContents, store: ImageStore) -> str:
             tiles = []
             for r in chosen:
                 iid = str(data.splits["image_id"].iloc[r])
-                rgb = _input_rgb(run, iid)
+                rgb = _input_rgb(run, iid, with_artifacts=True)
                 arts = [n for n, m in data.artifact_masks.items() if np.any(m[r])]
                 mask_note = "" if data.masks is not None and bool(data.has_mask[r]) else " (no mask)"
                 tiles.append(
