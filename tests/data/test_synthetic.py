@@ -140,3 +140,13 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(DataError, match="not a synthetic dataset"):
         generate(tmp_path / "x", SynthSettings(n=3, size=16), progress=False, overwrite=True)
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_preview_grid_outlines_the_lesions(tmp_path):
+    from robsal.data.preview import save_preview
+
+    root = generate(tmp_path / "s", SynthSettings(n=6, size=32, seed=0), progress=False)
+    png = save_preview(root, tmp_path / "grid.png", per_class=2)
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    green = (img[..., 1] > 200) & (img[..., 0] < 60) & (img[..., 2] < 60)
+    assert green.sum() > 50  # mask outlines drawn

@@ -24,6 +24,10 @@ def _synth(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     print(f"wrote {settings.n} images of {settings.size} px to {out} in {dt:.1f} s "
           f"({settings.n / max(dt, 1e-9):.0f} images/s)")
+    if args.preview:
+        from robsal.data.preview import save_preview
+
+        print(f"preview grid: {save_preview(out, args.preview)}")
     return 0
 
 
@@ -56,6 +60,7 @@ def register(sub) -> None:  # noqa: ANN001
     s.add_argument("--spurious-ruler-mel", type=float, default=None,
                    help="rulers only with melanoma, with this probability (a shortcut to expose)")
     s.add_argument("--force", action="store_true", help="replace an existing synthetic dataset in --out")
+    s.add_argument("--preview", default=None, metavar="PNG", help="also save a grid of examples with mask outlines")
     s.set_defaults(func=_synth)
 
     c = dsub.add_parser("check", help="validate a dataset; print class counts, lesions and every problem")
