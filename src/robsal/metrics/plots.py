@@ -105,9 +105,10 @@ def sanity_plot(sanity: dict[str, dict[str, Any]], path: Path) -> Path | None:
             s, c = per[method], colours[j % len(colours)]
             for row, key in enumerate(("spearman", "ssim")):
                 ax = axes[row, col]
-                ys = [s[key][st] for st in s["stages"]]
+                ys = [float("nan") if s[key][st] is None else s[key][st] for st in s["stages"]]
                 ax.plot(["orig"] + s["stages"], [1.0] + ys, "o-", color=c, label=f"{model}")
-                ax.axhline(s[f"floor_{key}"], color=c, ls=":", lw=1)
+                if s[f"floor_{key}"] is not None:
+                    ax.axhline(s[f"floor_{key}"], color=c, ls=":", lw=1)
                 ax.set_ylabel(key)
                 ax.set_ylim(-0.2, 1.05)
         axes[0, col].set_title(method, fontsize=9)

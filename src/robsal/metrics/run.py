@@ -226,6 +226,8 @@ def evaluate_run(
     curves_out: dict[str, dict[str, dict[str, list[float]]]] = {}
     sanity_out: dict[str, dict[str, Any]] = {}
     k_sub = min(mc.sanity_images, n)
+    if mc.sanity and k_sub < 2:
+        notes.append(f"sanity check skipped: it needs 2 explained images, the run has {n}")
     sub = slice(0, k_sub)
     bs = cfg.saliency.batch_size
     for model_name in sal:
@@ -290,7 +292,7 @@ def evaluate_run(
             sims = stability.pairwise_similarity([sal[nm][method]["maps"].astype(np.float64) for nm in names])
             for metric, vals in sims.items():
                 rec.add(ids, label, method, metric, vals)
-            stability_out[label]["methods"][method] = {k: float(np.nanmean(v)) for k, v in sims.items()}
+            stability_out[label]["methods"][method] = {k: sanity.mean_defined(v) for k, v in sims.items()}
 
     per_image = rec.frame()
     out_dir = run_dir / "metrics"
@@ -326,12 +328,23 @@ def evaluate_run(
         "notes": notes,
         "seconds": round(time.time() - t0, 2),
     }
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", _no_nan(summary))
 
     from robsal.metrics import plots
 
     plots.write_plots(run_dir, per_image, summary)
     return out_dir
+
+
+def _no_nan(obj: Any) -> Any:
+    """JSON has no NaN: undefined numbers become null."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -98,23 +98,32 @@ class SanityResult:
     floor_ssim: np.ndarray | None = None
 
     @property
-    def passed(self) -> bool:
+    def passed(self) -> bool | None:
+        """True/False as in the module docstring; None when a similarity is undefined
+        (e.g. constant maps: Grad-CAM of a 1x1 last feature map)."""
         last = self.stages[-1]
-        return bool(
-            np.nanmean(self.spearman[last]) <= np.nanmean(self.floor_spearman)
-            and np.nanmean(self.ssim[last]) <= np.nanmean(self.floor_ssim)
-        )
+        vals = [mean_defined(self.spearman[last]), mean_defined(self.floor_spearman), mean_defined(self.ssim[last]), mean_defined(self.floor_ssim)]
+        if any(v is None for v in vals):
+            return None
+        return bool(vals[0] <= vals[1] and vals[2] <= vals[3])
 
     def summary(self) -> dict:
+        """Means over images (None where no image has a defined value)."""
         return {
             "stages": self.stages,
-            "spearman": {s: float(np.nanmean(self.spearman[s])) for s in self.stages},
-            "ssim": {s: float(np.nanmean(self.ssim[s])) for s in self.stages},
-            "floor_spearman": float(np.nanmean(self.floor_spearman)),
-            "floor_ssim": float(np.nanmean(self.floor_ssim)),
+            "spearman": {s: mean_defined(self.spearman[s]) for s in self.stages},
+            "ssim": {s: mean_defined(self.ssim[s]) for s in self.stages},
+            "floor_spearman": mean_defined(self.floor_spearman),
+            "floor_ssim": mean_defined(self.floor_ssim),
             "n_images": int(len(self.floor_spearman)),
             "passed": self.passed,
         }
+
+
+def mean_defined(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else None
 
 
 def cascading_randomisation(
