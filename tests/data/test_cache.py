@@ -83,6 +83,9 @@ def test_an_interrupted_entry_is_rebuilt(tmp_path):
     (tmp_path / "c" / a.key / "images.npy").write_bytes(b"garbage")
     b = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
     assert not b.hit and b.images[0, 0, 0, 0] == 9
+    (tmp_path / "c" / a.key / "has_mask.npy").unlink()  # a file deleted by hand
+    c = load_arrays(rows, 8, cache_dir=tmp_path / "c", progress=False)
+    assert not c.hit and c.images[0, 0, 0, 0] == 9
 
 
 @pytest.mark.parametrize("with_artifacts", [False, True])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,17 @@ def cache_key(rows: pd.DataFrame, image_size: int, center_crop: bool, with_artif
     return h.hexdigest()[:24]
 
 
+def _complete(folder: Path, with_artifacts: bool) -> dict | None:
+    """The entry's done.json when the entry is whole (every array file present), else None."""
+    try:
+        info = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    names = ["images", "has_mask", *(["masks"] if info.get("masks") else []),
+             *(ARTIFACT_NAMES if with_artifacts else [])]
+    return info if all((folder / f"{n}.npy").is_file() for n in names) else None
+
+
 def _open(folder: Path, name: str) -> np.ndarray:
     return np.load(folder / f"{name}.npy", mmap_mode="r")
 
@@ -140,8 +152,8 @@ def load_arrays(
     root = default_cache_dir(str(cache_dir) if cache_dir else None)
     key = cache_key(rows, image_size, center_crop, with_artifacts)
     folder = root / key
-    if (folder / "done.json").exists():
-        info = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    info = _complete(folder, with_artifacts)
+    if info is not None:
         masks = _open(folder, "masks") if info.get("masks") else None
         arts = {a: _open(folder, a) for a in ARTIFACT_NAMES} if with_artifacts else {}
         return CachedArrays(_open(folder, "images"), masks, np.load(folder / "has_mask.npy"), arts, key, True)
@@ -153,7 +165,7 @@ def load_arrays(
         masks = np.zeros((n, s, s), np.uint8) if any_mask else None
         has_mask = np.zeros(n, bool)
         arts = {a: np.zeros((n, s, s), np.uint8) for a in ARTIFACT_NAMES} if with_artifacts else {}
-        bar = tqdm(total=n, desc="decode", unit="img", disable=not progress, leave=False)
+        bar = tqdm(total=n, desc="decode", unit="img", disable=not (progress and sys.stderr.isatty()), leave=False)
         for i, rec in enumerate(rows.itertuples(index=False)):
             images[i], wh = load_image(rec.path, s, center_crop)
             mp = _path_or_none(rec.mask_path)

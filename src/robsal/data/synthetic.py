@@ -46,6 +46,7 @@ import io as _io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -465,7 +466,7 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
         (tmp / "masks").mkdir()
         rows = plan(settings)
         lesions: dict[int, Lesion] = {}
-        bar = tqdm(rows, desc="synth", unit="img", disable=not progress, leave=False)
+        bar = tqdm(rows, desc="synth", unit="img", disable=not (progress and sys.stderr.isatty()), leave=False)
         for i, row in enumerate(bar):
             li = row["lesion"]
             if li not in lesions:
