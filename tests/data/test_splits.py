@@ -95,6 +95,14 @@ def test_too_few_images_names_the_class():
         make_splits(t, ["mel", "nv"], train_per_class=20, test_per_class=5)
 
 
+def test_val_must_be_smaller_than_test():
+    t = table_of({"mel": [1] * 10, "nv": [1] * 10})
+    with pytest.raises(DataError, match="val_per_class"):
+        make_splits(t, ["mel", "nv"], train_per_class=5, test_per_class=3, val_per_class=3)
+    with pytest.raises(DataError, match="class 'mel': data.val_per_class \\(2\\)"):
+        make_splits(t, ["mel", "nv"], train_per_class=5, test_per_class=None, val_per_class=2)
+
+
 def test_all_remaining_when_train_count_is_none():
     t = table_of({"mel": [1] * 10, "nv": [1] * 30})
     s = make_splits(t, ["mel", "nv"], train_per_class=None, test_per_class=4, n_folds=2)

@@ -77,6 +77,11 @@ def make_splits(
         sub = table[table["label"] == label].sort_values("image_id")
         n_avail = len(sub)
         n_test = test_per_class if test_per_class is not None else max(1, round(0.2 * n_avail))
+        if val_per_class >= n_test:
+            raise DataError(
+                f"class {label!r}: data.val_per_class ({val_per_class}) must be smaller than its "
+                f"{n_test} test images (validation images are taken from the test split)"
+            )
         need = n_test + (train_per_class or 0)
         if n_avail < need or n_avail < n_test + n_folds:
             raise DataError(
