@@ -43,7 +43,7 @@ class SynthConfig:
     """Built-in synthetic dermoscopy generator (``robsal data synth``)."""
 
     n: int = 600  # number of images
-    size: int = 128  # side of the square images written to disk, px
+    size: int = 128  # height of the 4:3 images written to disk (width = 4/3 x size), px
     seed: int = 0
     multi_view_rate: float = 0.25  # share of lesions photographed more than once
     hair_rate: float = 0.35
