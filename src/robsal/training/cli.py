@@ -61,7 +61,7 @@ def _tune(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from robsal.config import load_run_config
     from robsal.data import load_run_data  # type: ignore[attr-defined]
-    from robsal.errors import CheckpointError
+    from robsal.errors import CheckpointError, ConfigError
     from robsal.models import load, save
     from robsal.training.evaluate import evaluate_model
     from robsal.utils import resolve_device
@@ -69,13 +69,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     cfg = load_run_config(run_dir)
     device = resolve_device(args.device or cfg.device)
-    data = load_run_data(run_dir)
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else [m.name for m in cfg.models]
-    eps = [float(e) for e in args.eps.split(",")] if args.eps else None
+    try:
+        eps = [float(e) for e in args.eps.split(",")] if args.eps else None
+    except ValueError:
+        raise ConfigError(f"--eps {args.eps!r}: give comma-separated numbers, e.g. --eps 1,2,4") from None
+    for name in names:
+        if not (run_dir / "models" / name / "model.json").exists():
+            raise CheckpointError(f"no trained model {name!r} in {run_dir / 'models'}; run robsal train first")
+    data = load_run_data(run_dir)
     for name in names:
         d = run_dir / "models" / name
-        if not (d / "model.json").exists():
-            raise CheckpointError(f"no trained model {name!r} in {run_dir / 'models'}; run robsal train first")
         model = load(d, device)
         metrics = evaluate_model(model, data, cfg, device=device, eps=eps, steps=args.steps,
                                  max_images=args.max_images, progress=args.progress, desc=name)

@@ -9,7 +9,8 @@ Randomness is derived from ``(seed, epoch)`` only (data order on the CPU,
 augmentation and attack start on the device), so
 
 * the standard and the robust model of a run see the same images in the same
-  order with the same augmentations (the attack has its own generator), and
+  order with the same augmentations (the attack has its own generator, on the
+  device; the augmentation parameters are drawn on the CPU), and
 * training resumed at epoch ``e`` (e.g. a CV cell that reuses a cached phase 1)
   continues exactly as an uninterrupted run would.
 """
@@ -93,7 +94,7 @@ def train_epoch(
     The last partial batch is kept (the paper's data are 2400 images; nothing is dropped).
     """
     order_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
-    aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 1))
+    aug_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 1))  # Augmenter samples on the CPU
     adv_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 2))
     perm = np.asarray(train_idx)[torch.randperm(len(train_idx), generator=order_gen).numpy()]
     model.train()
