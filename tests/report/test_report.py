@@ -153,11 +153,15 @@ def test_viewer_maps_are_the_npz_maps_on_the_paper_scale(built):
     np.testing.assert_array_equal(rob, F.colorize(F.normalise_map(stack[1], value_range=shared_range)))
     own_rob = _decode_png(img["maps"]["gradient"]["robust_eps4"]["own"])
     assert rob.astype(int).sum() < own_rob.astype(int).sum()
-    # the input image is the run's image at the map size with the lesion outline
+    # the input image is the run's image, enlarged 5x (24 px -> 120 px, nearest), with the lesion outline
     row = fake.data.rows_of([fake.test_ids[k]])[0]
-    expected = F.draw_outline(F.chw_to_rgb(fake.data.images[row]), fake.data.masks[row])
-    np.testing.assert_array_equal(_decode_png(img["input"]), expected)
-    assert _decode_png(img["input"]).shape[:2] == (SIZE, SIZE)
+    shown = _decode_png(img["input"])
+    assert shown.shape == (5 * SIZE, 5 * SIZE, 3)
+    big = np.kron(F.chw_to_rgb(fake.data.images[row]), np.ones((5, 5, 1), np.uint8))  # 5x5 blocks
+    edge = F.outline(np.kron(fake.data.masks[row], np.ones((5, 5), np.uint8)))
+    assert 0 < edge.sum() < edge.size // 4
+    np.testing.assert_array_equal(shown[~edge], big[~edge])
+    assert (shown[edge] == F.OUTLINE_RGB).all()
 
 
 def test_data_strings_are_escaped(built):

@@ -80,6 +80,13 @@ def chw_to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(1, 2, 0)).astype(np.uint8)
 
 
+def enlarge(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of (H, W) or (H, W, C) by an integer factor -> (kH, kW[, C])."""
+    if factor == 1:
+        return np.asarray(pixels)
+    return np.repeat(np.repeat(np.asarray(pixels), factor, axis=0), factor, axis=1)
+
+
 def outline(mask: np.ndarray) -> np.ndarray:
     """Inner boundary of a binary mask: (H, W) {0,1} -> (H, W) bool (pixels on the edge)."""
     m = np.asarray(mask).astype(bool)

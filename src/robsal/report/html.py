@@ -127,31 +127,31 @@ def _class_name(run: RunContents, index: Any) -> str:
     return classes[i] if 0 <= i < len(classes) else str(i)
 
 
+DISPLAY_PX = 128  # inputs smaller than this are enlarged (nearest) before outlines are drawn
+
+
 def _input_rgb(run: RunContents, image_id: str, with_mask: bool = True, with_artifacts: bool = False) -> np.ndarray | None:
-    """(H, W, 3) uint8 of a run image with its lesion outline (and artifact outlines), or None without data."""
+    """(H', W', 3) uint8 of a run image with its lesion outline (and artifact outlines), or None.
+
+    Small images (the tiny/quick presets: 32-64 px) are enlarged by an integer factor
+    (nearest neighbour, so no pixel is invented) to about DISPLAY_PX before the outlines are
+    drawn: a one-pixel outline then covers a quarter of a source pixel instead of a whole one.
+    """
     if run.data is None:
         return None
     try:
         row = int(run.data.rows_of([str(image_id)])[0])
     except DataError:
         return None  # an id the run's data does not hold (e.g. a map of another dataset)
-    rgb = F.chw_to_rgb(run.data.images[row])
+    rgb = F.chw_to_rgb(run.data.images[row])  # (S, S, 3)
+    k = max(1, DISPLAY_PX // rgb.shape[0])
+    rgb = F.enlarge(rgb, k)  # (kS, kS, 3)
     if with_artifacts:
         for amask in run.data.artifact_masks.values():
-            rgb = F.draw_outline(rgb, amask[row], F.ARTIFACT_RGB)
+            rgb = F.draw_outline(rgb, F.enlarge(amask[row], k), F.ARTIFACT_RGB)
     if with_mask and run.data.masks is not None and bool(run.data.has_mask[row]):
-        rgb = F.draw_outline(rgb, run.data.masks[row])
+        rgb = F.draw_outline(rgb, F.enlarge(run.data.masks[row], k))
     return rgb
-
-
-def _resize_nearest(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize (H, W, C) -> size (H', W'), so inputs and maps align."""
-    h, w = rgb.shape[:2]
-    if (h, w) == size:
-        return rgb
-    ys = (np.arange(size[0]) * h // size[0]).clip(0, h - 1)
-    xs = (np.arange(size[1]) * w // size[1]).clip(0, w - 1)
-    return rgb[ys][:, xs]
 
 
 def _saliency_images(run: RunContents) -> list[str]:
@@ -429,7 +429,6 @@ def _section_viewer(run: RunContents, store: ImageStore) -> str:
         first = _first_set(run, iid)
         target = _class_name(run, first[0].targets[first[1]]) if first else "?"
         entry: dict[str, Any] = {"id": iid, "label": f"{iid} ({target})", "caption": f"{iid}, class {target}", "maps": {}}
-        shape = None
         for method in methods:
             stack = {}
             for m in models:
@@ -450,10 +449,7 @@ def _section_viewer(run: RunContents, store: ImageStore) -> str:
                 }
                 for m, v in stack.items()
             }
-            shape = next(iter(stack.values()))[0].shape
-        rgb = _input_rgb(run, iid)
-        if rgb is not None and shape is not None:
-            rgb = _resize_nearest(rgb, shape)
+        rgb = _input_rgb(run, iid)  # shown in the same square box as the maps, so they align
         entry["input"] = store.add(F.png_bytes(rgb), "input") if rgb is not None else None
         images.append(entry)
     payload = {"models": models, "model_labels": [_model_label(run, m) for m in models], "methods": methods, "images": images}
