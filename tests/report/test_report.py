@@ -99,6 +99,10 @@ def test_report_shows_the_runs_numbers(built):
     # dataset: counts per class and split (4 train, 1 val, 2 test per class, 21 in all)
     assert "<strong>12</strong>" in page and "<strong>21</strong>" in page
     assert "21 distinct lesions" in page
+    dataset = page[page.index('<section id="dataset">'): page.index('<section id="config">')]
+    assert dataset.count('<figure><img class="tile"') == 3 * 4  # four examples per class
+    assert dataset.index("img_0_test_0") < dataset.index("img_0_train_0")  # test images first
+    assert "hair" in dataset and "no artifacts" not in dataset  # every fake image has a hair
     # config, verbatim (escaped)
     assert htmllib.escape((fake.run_dir / "config.yaml").read_text(), quote=True) in page
     # accuracies from model.json, as percentages

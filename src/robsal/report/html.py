@@ -255,10 +255,11 @@ def _section_dataset(run: RunContents, store: ImageStore) -> str:
             "(named below each image).</p>"
         )
         data = run.data
+        split_of = data.splits["split"].astype(str).to_numpy()
         for ci, cname in enumerate(data.classes):
             rows = np.flatnonzero(np.asarray(data.labels) == ci)
-            test_rows = [r for r in rows if str(data.splits["split"].iloc[r]) == "test"]
-            chosen = (test_rows + [r for r in rows if r not in test_rows])[:EXAMPLES_PER_CLASS]
+            is_test = split_of[rows] == "test"
+            chosen = np.concatenate([rows[is_test], rows[~is_test]])[:EXAMPLES_PER_CLASS]  # test images first
             tiles = []
             for r in chosen:
                 iid = str(data.splits["image_id"].iloc[r])
