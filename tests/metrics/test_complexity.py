@@ -92,3 +92,9 @@ def test_sharper_map_scores_sharper():
     assert C.gini(blob[None])[0] > C.gini(diffuse[None])[0]
     assert C.entropy(blob[None])[0] < C.entropy(diffuse[None])[0]
     assert C.total_variation(blob[None])[0] < C.total_variation(diffuse[None])[0]
+
+
+def test_float_rounding_is_not_structure():
+    m = np.full((1, 8, 8), 0.7, dtype=np.float32) + np.random.default_rng(0).normal(scale=1e-9, size=(1, 8, 8))
+    assert np.isnan(C.spatial_autocorrelation(m))[0]
+    assert C.gini(m)[0] == pytest.approx(0.0, abs=1e-6)

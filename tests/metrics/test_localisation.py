@@ -33,7 +33,13 @@ def test_uniform_map_scores_chance():
     maps = np.ones((2, 16, 16))
     assert np.allclose(L.relevance_mass(maps, masks), L.lesion_area(masks))
     assert np.allclose(L.relevance_mass_lift(maps, masks), 1.0)
-    assert np.allclose(L.auroc(maps, masks), 0.5)
+    # a flat map ranks nothing: rank-based scores are undefined, not "raster order"
+    for fn in (L.auroc, L.pointing_game, L.relevance_rank):
+        assert np.isnan(fn(maps, masks)).all()
+        assert np.isnan(fn(maps * 0.4 + 1e-9 * np.random.default_rng(0).random(maps.shape), masks)).all()
+    half = maps.copy()
+    half[:, :, :8] = 0.5  # two levels: AUROC is defined again
+    assert np.isfinite(L.auroc(half, masks)).all()
 
 
 def test_inverted_map_scores_zero():

@@ -25,7 +25,7 @@ def test_writes_every_file(evaluated):
     run, _, out = evaluated
     for name in ("per_image.csv", "summary.csv", "summary.json"):
         assert (out / name).exists()
-    for fig in ("metric_gini.png", "metric_relevance_mass.png", "deletion_curves.png", "sanity_randomisation.png"):
+    for fig in ("metrics_sharpness.png", "metrics_localisation.png", "deletion_curves.png", "sanity_randomisation.png"):
         assert (run / "figures" / fig).stat().st_size > 1000, fig
     assert not list(out.glob(".*tmp*"))  # atomic writes left nothing behind
 

@@ -103,3 +103,17 @@ def test_max_sensitivity_known_answers():
     ms2 = stability.max_sensitivity(lin, x2, t[:1], "image", image_explain, radius=0.01, samples=2, seed=0)
     base = 1.5 * np.sqrt(64)
     assert 0 < ms2[0] <= 3 * 0.01 * np.sqrt(64) / base + 1e-9
+
+
+def test_in_place_cascade_equals_fresh_copies(resnet):
+    stages = sanity.randomisation_stages(resnet)
+    import copy
+
+    rnd = copy.deepcopy(resnet)
+    done: list[str] = []
+    for _, prefixes in stages[:3]:
+        sanity.randomise_(rnd, [p for p in prefixes if p not in done], seed=4)
+        done = list(prefixes)
+    fresh = sanity.randomised_copy(resnet, stages[2][1], seed=4)
+    for (k, a), b in zip(rnd.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k

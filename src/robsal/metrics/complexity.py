@@ -89,7 +89,8 @@ def spatial_autocorrelation(maps: np.ndarray) -> np.ndarray:
 
     Pairs (m[i, j], m[i+1, j]) and (m[i, j], m[i, j+1]) are pooled and each pair enters
     in both orders (so the statistic is symmetric, like Moran's I with rook weights and a
-    common mean). 1 = perfectly smooth, ~0 = white noise. NaN for a constant map.
+    common mean). 1 = perfectly smooth, ~0 = white noise. NaN for a constant map
+    (peak-to-peak below 1e-6 of the peak: float rounding is not structure).
     """
     m = np.asarray(maps, dtype=np.float64)
     n = m.shape[0]
@@ -103,7 +104,10 @@ def spatial_autocorrelation(maps: np.ndarray) -> np.ndarray:
     yc = y - y.mean(1, keepdims=True)
     den = np.sqrt((xc**2).sum(1) * (yc**2).sum(1))
     out = np.full(n, np.nan)
-    ok = (den > 0) & (np.ptp(m.reshape(n, -1), axis=1) > 0)  # a constant map has no correlation
+    flat = m.reshape(n, -1)
+    # a constant map has no correlation; "constant" up to float32 rounding (e.g. Grad-CAM
+    # upsampled from a 1x1 feature map), relative to the map's peak
+    ok = (den > 0) & (np.ptp(flat, axis=1) > 1e-6 * np.abs(flat).max(axis=1))
     out[ok] = (xc * yc).sum(1)[ok] / den[ok]
     return out
 

@@ -40,6 +40,16 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def is_flat(maps: np.ndarray, rel: float = 1e-6) -> np.ndarray:
+    """(N,) bool: maps whose peak-to-peak range is at most ``rel`` of their peak (or all zero).
+
+    Such a map ranks no pixel above another (e.g. Grad-CAM upsampled from a 1x1 feature map
+    differs only by float rounding), so rank-based scores are undefined for it.
+    """
+    a = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    return np.ptp(a, axis=1) <= rel * np.abs(a).max(axis=1)
+
+
 def lesion_area(masks: np.ndarray) -> np.ndarray:
     """Share of the image covered by the mask, in [0, 1]: the chance level of relevance mass."""
     masks = np.asarray(masks).astype(bool)
@@ -66,37 +76,44 @@ def relevance_rank(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Share of the K most salient pixels that lie in the mask, K = mask size, in [0, 1].
 
     Ties are broken by a stable sort on pixel order (Quantus: unstable sort; no ties in
-    the continuous maps where the two are compared).
+    the continuous maps where the two are compared). NaN for a flat map (:func:`is_flat`),
+    whose "ranking" would be the raster order.
     """
     a, s = _flat(maps, masks)
     k = s.sum(1)
     order = np.argsort(-a, axis=1, kind="stable")  # (N, H*W), most salient first
     s_sorted = np.take_along_axis(s, order, axis=1)
     hits = np.array([s_sorted[i, : k[i]].sum() for i in range(len(k))], dtype=np.float64)
-    return _safe_div(hits, k.astype(np.float64))
+    out = _safe_div(hits, k.astype(np.float64))
+    out[is_flat(maps)] = np.nan
+    return out
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """1 if a maximum of the map lies in the mask, else 0 (Zhang et al. 2018; ties: any max).
 
-    NaN where the mask is empty.
+    NaN where the mask is empty or the map is flat (:func:`is_flat`; every pixel a max).
     """
     a, s = _flat(maps, masks)
     at_max = a == a.max(axis=1, keepdims=True)
     hit = np.any(at_max & s, axis=1).astype(np.float64)
     hit[s.sum(1) == 0] = np.nan
+    hit[is_flat(maps)] = np.nan
     return hit
 
 
 def auroc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Area under the ROC curve of saliency as a pixel classifier of the mask, in [0, 1].
 
-    0.5 = chance. NaN where the mask is empty or covers the whole image.
+    0.5 = chance. NaN where the mask is empty or covers the whole image, or the map is
+    flat (:func:`is_flat`; sklearn would give 0.5 for an exactly constant map, and a
+    random number for one that is constant up to float rounding).
     """
     a, s = _flat(maps, masks)
     out = np.full(a.shape[0], np.nan)
+    flat = is_flat(maps)
     for i in range(a.shape[0]):
-        if 0 < s[i].sum() < s.shape[1]:
+        if 0 < s[i].sum() < s.shape[1] and not flat[i]:
             out[i] = roc_auc_score(s[i], a[i])
     return out
 

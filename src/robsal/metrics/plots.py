@@ -1,7 +1,8 @@
 """Figures of the metrics stage (matplotlib Agg, atomic writes) under ``RUN/figures/``.
 
-- ``metric_<name>.png``: box plot per metric, one box per model x method (+ controls),
-  with the per-image values as points.
+- ``metrics_localisation.png``, ``metrics_sharpness.png``,
+  ``metrics_alignment_faithfulness.png``: one panel per metric, boxes of the per-image
+  values per method (x) and model (colour), controls included.
 - ``deletion_curves.png``: mean target probability along deletion (MoRF, solid; LeRF,
   dotted) and insertion (dashed) per method, one line colour per model.
 - ``sanity_randomisation.png``: mean Spearman and SSIM to the original maps as groups are
@@ -21,46 +22,58 @@ import pandas as pd  # noqa: E402
 
 from robsal.io import atomic_path  # noqa: E402
 
-# per-image metrics that get a box plot (the rest are in summary.csv)
-BOX_METRICS = (
-    "relevance_mass",
-    "relevance_mass_lift",
-    "relevance_rank",
-    "pointing_game",
-    "auroc",
-    "gini",
-    "entropy",
-    "total_variation",
-    "spatial_autocorrelation",
-    "edge_correlation",
-    "cos_input_gradient",
-    "deletion_gap",
-    "insertion_auc",
-    "max_sensitivity",
-)
+# per-image metrics that get a box plot, by figure (the rest are in summary.csv)
+BOX_FIGURES: dict[str, tuple[str, ...]] = {
+    "metrics_localisation": ("relevance_mass", "relevance_mass_lift", "relevance_rank", "pointing_game", "auroc"),
+    "metrics_sharpness": ("gini", "entropy", "total_variation", "spatial_autocorrelation"),
+    "metrics_alignment_faithfulness": (
+        "edge_correlation", "cos_input_gradient", "deletion_gap", "insertion_auc", "max_sensitivity",
+    ),
+}
+DPI = 90
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=DPI)
     plt.close(fig)
     return path
 
 
-def box_plot(per_image: pd.DataFrame, metric: str, path: Path) -> Path | None:
-    d = per_image[per_image["metric"] == metric]
-    if d.empty:
+def box_figure(per_image: pd.DataFrame, metrics: tuple[str, ...], path: Path) -> Path | None:
+    """One panel per metric; x = method, one box per model (colours), controls included."""
+    metrics = tuple(m for m in metrics if (per_image["metric"] == m).any())
+    if not metrics:
         return None
-    groups = sorted(d.groupby(["method", "model"]).groups)
-    data = [d[(d["method"] == me) & (d["model"] == mo)]["value"].to_numpy() for me, mo in groups]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(groups) + 1.5), 3.6))
-    ax.boxplot(data, showmeans=True)
-    for i, v in enumerate(data, start=1):
-        ax.plot([i] * len(v), v, ".", color="0.3", alpha=0.5, markersize=3)
-    ax.set_xticks(range(1, len(groups) + 1))
-    ax.set_xticklabels([f"{me}\n{mo}" for me, mo in groups], rotation=60, ha="right", fontsize=7)
-    ax.set_title(metric)
-    ax.grid(axis="y", alpha=0.3)
+    models = sorted(set(per_image["model"]) - {"control"}) + (["control"] if "control" in set(per_image["model"]) else [])
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.3 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        d = per_image[per_image["metric"] == metric]
+        methods = sorted(set(d["method"]), key=lambda m: (m.startswith("control"), m))
+        k = len([m for m in models if m != "control"])  # boxes side by side per method
+        width = 0.8 / max(1, k)
+        for j, model in enumerate(models):
+            dm = d[d["model"] == model]
+            data, pos = [], []
+            for i, method in enumerate(methods):
+                v = dm[dm["method"] == method]["value"].to_numpy()
+                if len(v):
+                    data.append(v)
+                    pos.append(i if model == "control" else i + (j - (k - 1) / 2) * width)
+            if not data:
+                continue
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
+            for box in bp["boxes"]:
+                box.set_facecolor(colours[j % len(colours)])
+                box.set_alpha(0.6)
+            ax.plot([], [], "s", color=colours[j % len(colours)], label=model)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels([m.replace("integrated_gradients", "IG") for m in methods], fontsize=7, rotation=15)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=len(models), loc="best")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -122,8 +135,8 @@ def write_plots(run_dir: str | Path, per_image: pd.DataFrame, summary: dict[str,
     """Every figure of the metrics stage; returns the paths written."""
     fig_dir = Path(run_dir) / "figures"
     out = []
-    for metric in BOX_METRICS:
-        p = box_plot(per_image, metric, fig_dir / f"metric_{metric}.png")
+    for stem, metrics in BOX_FIGURES.items():
+        p = box_figure(per_image, metrics, fig_dir / f"{stem}.png")
         if p:
             out.append(p)
     p = deletion_plot(summary.get("faithfulness_curves", {}), fig_dir / "deletion_curves.png")

@@ -72,19 +72,23 @@ def randomisation_stages(model: torch.nn.Module) -> list[tuple[str, list[str]]]:
     return stages
 
 
-def randomised_copy(model: torch.nn.Module, prefixes: list[str], seed: int) -> torch.nn.Module:
-    """A deep copy of ``model`` whose modules under ``prefixes`` are re-initialised (seeded)."""
-    clone = copy.deepcopy(model)
-    devices = [p.device for p in clone.parameters()][:1]
+def randomise_(model: torch.nn.Module, prefixes: list[str], seed: int) -> torch.nn.Module:
+    """Re-initialise, in place, the modules of ``model`` under ``prefixes`` (seeded per layer)."""
+    devices = [p.device for p in model.parameters()][:1]
     with torch.random.fork_rng(devices=[d for d in devices if d.type == "cuda"]):
-        for name, mod in clone.named_modules():
+        for name, mod in model.named_modules():
             if any(name == p or name.startswith(p + ".") for p in prefixes) and hasattr(mod, "reset_parameters"):
                 # seeded per module, so a layer gets the same new weights at every stage of the cascade
                 torch.manual_seed(stable_seed(seed, name))
                 mod.reset_parameters()
                 if hasattr(mod, "reset_running_stats"):
                     mod.reset_running_stats()
-    return clone.eval()
+    return model.eval()
+
+
+def randomised_copy(model: torch.nn.Module, prefixes: list[str], seed: int) -> torch.nn.Module:
+    """A deep copy of ``model`` whose modules under ``prefixes`` are re-initialised (seeded)."""
+    return randomise_(copy.deepcopy(model), prefixes, seed)
 
 
 @dataclass
@@ -102,7 +106,12 @@ class SanityResult:
         """True/False as in the module docstring; None when a similarity is undefined
         (e.g. constant maps: Grad-CAM of a 1x1 last feature map)."""
         last = self.stages[-1]
-        vals = [mean_defined(self.spearman[last]), mean_defined(self.floor_spearman), mean_defined(self.ssim[last]), mean_defined(self.floor_ssim)]
+        vals = [
+            mean_defined(self.spearman[last]),
+            mean_defined(self.floor_spearman),
+            mean_defined(self.ssim[last]),
+            mean_defined(self.floor_ssim),
+        ]
         if any(v is None for v in vals):
             return None
         return bool(vals[0] <= vals[1] and vals[2] <= vals[3])
@@ -144,11 +153,14 @@ def cascading_randomisation(
     res = SanityResult(
         stages=[], floor_spearman=spearman_maps(original, shifted), floor_ssim=ssim_maps(original, shifted)
     )
+    rnd = copy.deepcopy(model)  # randomised further at each stage; same weights as a fresh copy
+    done: list[str] = []
     for label, prefixes in randomisation_stages(model):
-        rnd = randomised_copy(model, prefixes, seed)
+        randomise_(rnd, [p for p in prefixes if p not in done], seed)
+        done = list(prefixes)
         maps = compute_maps(explain_fn, rnd, images, targets, method, batch_size)
         res.stages.append(label)
         res.spearman[label] = spearman_maps(original, maps)
         res.ssim[label] = ssim_maps(original, maps)
-        del rnd
+    del rnd
     return res

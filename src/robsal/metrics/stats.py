@@ -121,18 +121,20 @@ def paired_differences(
 ) -> list[Paired]:
     """Paired robust - standard per method and metric, Holm-corrected across metrics per method."""
     out: list[Paired] = []
-    r = per_image[per_image["model"] == robust]
-    s = per_image[per_image["model"] == standard]
-    for method in sorted(set(r["method"]) & set(s["method"])):
+
+    def series(model: str) -> dict[tuple[str, str], pd.Series]:
+        d = per_image[per_image["model"] == model]
+        return {k: g.set_index("image_id")["value"] for k, g in d.groupby(["method", "metric"], sort=True)}
+
+    r, s = series(robust), series(standard)
+    for method in sorted({me for me, _ in r} & {me for me, _ in s}):
         rows: list[Paired] = []
-        rm, sm = r[r["method"] == method], s[s["method"] == method]
-        for metric in sorted(set(rm["metric"]) & set(sm["metric"])):
-            a = rm[rm["metric"] == metric][["image_id", "value"]]
-            b = sm[sm["metric"] == metric][["image_id", "value"]]
-            j = a.merge(b, on="image_id", suffixes=("_r", "_s"))
-            if len(j) == 0:
+        for metric in sorted(mt for me, mt in r if me == method and (me, mt) in s):
+            a, b = r[(method, metric)], s[(method, metric)]
+            common = a.index.intersection(b.index)  # the same images
+            if len(common) == 0:
                 continue
-            d = (j["value_r"] - j["value_s"]).to_numpy(dtype=np.float64)
+            d = (a.loc[common] - b.loc[common]).to_numpy(dtype=np.float64)
             mean, lo, hi = bootstrap_ci(
                 d, n_boot=n_boot, alpha=alpha, seed=stable_seed(seed, robust, standard, method, metric)
             )
