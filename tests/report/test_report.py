@@ -268,6 +268,16 @@ def test_automatic_embedding_switches_to_report_files_for_big_runs(fake_run, mon
     assert "data:image/png" not in page and 'src="report_files/' in page
 
 
+def test_viewer_and_grids_say_how_many_images_they_show(fake_run, monkeypatch):
+    import robsal.report.html as H
+
+    monkeypatch.setattr(H, "VIEWER_MAX_IMAGES", 2)
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    assert "The viewer holds the first 2 of the 6 explained images." in page
+    assert [img["id"] for img in _viewer_data(page)["images"]] == fake_run.test_ids[:2]
+    assert "Up to 2 images per class of the 6 explained" in page
+
+
 def test_cli_builds_the_report_and_reports_errors(fake_run, tmp_path, capsys):
     from robsal.cli import main
 

@@ -380,6 +380,10 @@ def _section_grids(run: RunContents, store: ImageStore) -> str:
     )
     models = list(run.saliency)
     ids = _grid_images(run)
+    parts.append(
+        f'<p class="note">Up to {GRID_PER_CLASS} images per class of the {len(_saliency_images(run))} explained; '
+        "the interactive viewer holds them all.</p>"
+    )
     for method in run.methods:
         header = ["image"] + (["input"] if run.data is not None else []) + [e(_model_label(run, m)) for m in models]
         rows = []
@@ -454,6 +458,9 @@ def _section_viewer(run: RunContents, store: ImageStore) -> str:
         entry["input"] = store.add(F.png_bytes(rgb), "input") if rgb is not None else None
         images.append(entry)
     payload = {"models": models, "model_labels": [_model_label(run, m) for m in models], "methods": methods, "images": images}
+    n_all = len(_saliency_images(run))
+    if n_all > len(images):
+        parts.append(f'<p class="note">The viewer holds the first {len(images)} of the {n_all} explained images.</p>')
     parts.append(
         '<p class="note">Pick an image and a method, then slide (or press &larr; &rarr;) between models. '
         '"Own scale" normalises each map as the paper does; "shared scale" caps all models\' maps of this image '
