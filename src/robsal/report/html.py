@@ -382,7 +382,7 @@ def _section_grids(run: RunContents, store: ImageStore) -> str:
     ids = _grid_images(run)
     parts.append(
         f'<p class="note">Up to {GRID_PER_CLASS} images per class of the {len(_saliency_images(run))} explained; '
-        "the interactive viewer holds them all.</p>"
+        f"the interactive viewer above browses up to {VIEWER_MAX_IMAGES}.</p>"
     )
     for method in run.methods:
         header = ["image"] + (["input"] if run.data is not None else []) + [e(_model_label(run, m)) for m in models]
