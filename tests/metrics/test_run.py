@@ -60,6 +60,8 @@ def test_per_image_long_format_and_numbers(evaluated):
     # artifact share only for images that have a hair (every other image)
     hair = sel.loc["artifact_share_hair"]
     assert sorted(hair.index) == [f"img{i:03d}" for i in range(0, 9, 2)]
+    sanity_ids = sorted(sel.loc["sanity_spearman_g1"].index)
+    assert sanity_ids == ["img000", "img008"]  # spread over the explained images
     # model-based metrics: faithfulness on every image, sanity / sensitivity on sanity_images
     per_metric = sel.groupby(level=0).size()
     assert per_metric["deletion_auc"] == 9 and per_metric["cos_input_gradient"] == 9
@@ -128,3 +130,16 @@ def test_errors_name_the_culprit(make_run, tmp_path):
         f.unlink()
     with pytest.raises(UserError, match="no saliency maps"):
         evaluate_run(run, data=data, device="cpu", progress=False, explain_fn=explain)
+
+
+def test_stability_can_be_switched_off(make_run):
+    run, data, explain = make_run(
+        models=(("standard", 0.0, 0), ("standard_s1", 0.0, 1)), methods=("gradient",),
+        overrides=("metrics.stability=false", "metrics.faithfulness=false", "metrics.sanity=false",
+                   "metrics.sensitivity=false"),
+    )
+    out = evaluate_run(run, data=data, device="cpu", progress=False, explain_fn=explain)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stability"] == {"note": "seed stability disabled (metrics.stability: false)"}
+    assert summary["verdicts"] == []  # no robust model
+    assert not pd.read_csv(out / "per_image.csv")["model"].str.startswith("seeds").any()

@@ -228,7 +228,9 @@ def evaluate_run(
     k_sub = min(mc.sanity_images, n)
     if mc.sanity and k_sub < 2:
         notes.append(f"sanity check skipped: it needs 2 explained images, the run has {n}")
-    sub = slice(0, k_sub)
+    # sanity / max-sensitivity images: spread evenly over the (class-ordered) explained images
+    sub = np.unique(np.linspace(0, n - 1, k_sub).round().astype(np.int64)) if k_sub >= 1 else np.zeros(0, np.int64)
+    sub_t = torch.from_numpy(sub).to(dev)
     bs = cfg.saliency.batch_size
     for model_name in sal:
         net = None
@@ -258,7 +260,7 @@ def evaluate_run(
                     }
                 if mc.sanity and k_sub >= 2:
                     res = sanity.cascading_randomisation(
-                        net, x[sub], t_m[sub], method, explain, seed=cfg.seed, batch_size=bs
+                        net, x[sub_t], t_m[sub_t], method, explain, seed=cfg.seed, batch_size=bs
                     )
                     for stage in res.stages:
                         rec.add(ids[sub], model_name, method, f"sanity_spearman_{stage}", res.spearman[stage])
@@ -266,7 +268,7 @@ def evaluate_run(
                     sanity_out.setdefault(model_name, {})[method] = res.summary()
                 if mc.sensitivity:
                     ms = stability.max_sensitivity(
-                        net, x[sub], t_m[sub], method, explain,
+                        net, x[sub_t], t_m[sub_t], method, explain,
                         radius=mc.sensitivity_radius, samples=mc.sensitivity_samples, seed=cfg.seed, batch_size=bs,
                     )
                     rec.add(ids[sub], model_name, method, "max_sensitivity", ms)
@@ -276,7 +278,7 @@ def evaluate_run(
 
     # seed stability from the stored maps (same images, same order)
     stability_out: dict[str, Any] = {}
-    groups = stability.seed_groups({m: i["eps"] for m, i in info.items()})
+    groups = stability.seed_groups({m: i["eps"] for m, i in info.items()}) if mc.stability else {}
     if not mc.stability:
         stability_out["note"] = "seed stability disabled (metrics.stability: false)"
     elif not groups:
