@@ -69,7 +69,7 @@ REFERENCE_SIZE = 224
 
 # Forward passes the inner loops of a method may batch together (IG steps x images,
 # SmoothGrad samples x images, occlusion windows x images).
-DEFAULT_INNER_BATCH = 128
+DEFAULT_INNER_BATCH = 64
 
 IG_BASELINES = ("uniform", "gaussian", "black", "blur")
 

@@ -16,7 +16,9 @@ data; writes, for every model and method,
         method, model, reduction        0-d strings
 
 and the figures ``RUN/figures/saliency_<method>.{png,pdf}`` (Figure 1/5 style) and
-``RUN/figures/saliency_image_<image_id>.{png,pdf}`` (Figures 6-8 style).
+``RUN/figures/saliency_image_<image_id>.{png,pdf}`` (Figures 6-8 style). Saliency
+files of an earlier call that explain another image list are deleted, so that every
+file of the run explains the same images.
 
 Image selection (paper Section 2: "all showcased saliency maps are computed on
 correctly-classified images"): test images classified correctly by *every* model,
@@ -151,9 +153,34 @@ def explain_run(
         run_dir, loaded, data, rows, method_names, cfg, target=cfg.saliency.target, device=dev, progress=progress
     )
 
+    _drop_stale(run_dir, out, ids=[data.image_ids[r] for r in rows])
     if figures:
         write_figures(run_dir, data, rows, raw, cfg)
     return out
+
+
+def _drop_stale(run_dir: Path, written: dict[str, dict[str, Path]], ids: list[str]) -> list[Path]:
+    """Delete saliency files of earlier calls that explain another image list.
+
+    Every ``.npz`` of a run must explain the same images in the same order (the
+    metrics and the report pair them up); a file left from an earlier selection
+    (other ``--images`` / ``--n-per-class``) would break that, so it goes.
+    """
+    from robsal.io import load_npz
+
+    keep = {p.resolve() for per in written.values() for p in per.values()}
+    dropped = []
+    for path in sorted((run_dir / "saliency").glob("*/*.npz")):
+        if path.resolve() in keep:
+            continue
+        try:
+            old = load_npz(path).get("image_ids")
+        except (OSError, ValueError):
+            old = None
+        if old is None or old.astype(str).tolist() != list(ids):
+            path.unlink()
+            dropped.append(path)
+    return dropped
 
 
 def compute_maps(
