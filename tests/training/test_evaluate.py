@@ -97,3 +97,12 @@ def test_stratified_subset_alternates_classes():
     sub = stratified_subset(labels, np.arange(7), 4)
     assert sorted(labels[sub].tolist()) == [0, 0, 1, 2]
     assert stratified_subset(labels, np.arange(7), None).tolist() == list(range(7))
+
+
+def test_attack_radius_scales_l2_with_image_size_only():
+    from robsal.training.loop import attack_radius
+
+    cfg = load_config("tiny", ["device=cpu", "data.image_size=64"])
+    assert attack_radius(cfg, 4.0) == pytest.approx(4 * 64 / 224)
+    cfg = load_config("tiny", ["device=cpu", "data.image_size=64", "adversary.norm=linf"])
+    assert attack_radius(cfg, 8 / 255) == pytest.approx(8 / 255)

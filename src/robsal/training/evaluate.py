@@ -21,7 +21,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from torch import nn
 from tqdm.auto import tqdm
 
-from robsal.training.loop import Adversary, autocast, show_progress
+from robsal.training.loop import Adversary, attack_radius, autocast, show_progress
 
 
 def eps_key(eps: float) -> str:
@@ -143,7 +143,8 @@ def evaluate_model(
 
     Clean metrics use every test image; robust accuracy the first ``max_images``
     (default ``cfg.robustness.max_images``) of a fixed, class-stratified order.
-    ``eps`` (paper units, default ``cfg.robustness.eps``) are converted with ``cfg.eps_l2``.
+    ``eps`` (paper units, default ``cfg.robustness.eps``) are converted with ``cfg.eps_l2``
+    (L2; for ``adversary.norm: linf`` they are raw Linf radii, see ``attack_radius``).
     """
     idx = data.indices("test") if idx is None else np.asarray(idx)
     if len(idx) == 0:
@@ -156,7 +157,7 @@ def evaluate_model(
     eps = list(cfg.robustness.eps if eps is None else eps)
     max_images = cfg.robustness.max_images if max_images is None else max_images
     ridx = stratified_subset(data.labels, idx, max_images)
-    radii = {eps_key(e): cfg.eps_l2(e) for e in eps if e > 0}
+    radii = {eps_key(e): attack_radius(cfg, e) for e in eps if e > 0}
     robust = {}
     if radii:
         robust = robust_accuracy(
@@ -173,7 +174,7 @@ def evaluate_model(
         "steps": int(steps or cfg.robustness.steps),
         "step_size": "2.5 * eps / steps",
         "n_images": int(len(ridx)),
-        "eps_l2": {k: v for k, v in radii.items()},
+        "eps_l2" if cfg.adversary.norm == "l2" else "eps_linf": dict(radii),
     }
     return metrics
 

@@ -53,6 +53,16 @@ class Adversary:
         )
 
 
+def attack_radius(cfg, eps: float) -> float:  # cfg: robsal.config.Config
+    """Raw attack radius in [0, 1] pixel space for a config eps.
+
+    L2: ``eps`` is in paper units (L2 at 224 px) and scales with the image side
+    (``cfg.eps_l2``). Linf: a per-value bound does not depend on the image size, so
+    ``eps`` is taken as the raw Linf radius (e.g. 8/255 = 0.0314).
+    """
+    return cfg.eps_l2(eps) if cfg.adversary.norm == "l2" else float(eps)
+
+
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     """A distinct 63-bit seed per (run seed, global epoch, stream); streams: 0 order, 1 augment, 2 attack."""
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + stream * 104_729) % (2**63 - 1)

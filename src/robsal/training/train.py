@@ -34,7 +34,7 @@ from robsal.config import Config, ModelSpec, PhaseConfig
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, read_json
 from robsal.training.evaluate import accuracy, evaluate_model
-from robsal.training.loop import Adversary, Augment, make_augment, show_progress, train_epoch
+from robsal.training.loop import Adversary, Augment, attack_radius, make_augment, show_progress, train_epoch
 from robsal.training.phases import make_optimizer, make_scheduler, set_trainable
 from robsal.utils import git_commit, resolve_device, seed_everything
 
@@ -45,7 +45,7 @@ def adversary_for(cfg: Config, eps: float) -> Adversary | None:
     """The training adversary for a model with ``eps`` in paper units (None for eps = 0)."""
     if eps <= 0:
         return None
-    radius = cfg.eps_l2(eps) if cfg.adversary.norm == "l2" else float(eps)
+    radius = attack_radius(cfg, eps)
     return Adversary(
         eps=radius,
         norm=cfg.adversary.norm,
