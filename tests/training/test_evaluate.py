@@ -106,3 +106,18 @@ def test_attack_radius_scales_l2_with_image_size_only():
     assert attack_radius(cfg, 4.0) == pytest.approx(4 * 64 / 224)
     cfg = load_config("tiny", ["device=cpu", "data.image_size=64", "adversary.norm=linf"])
     assert attack_radius(cfg, 8 / 255) == pytest.approx(8 / 255)
+
+
+def test_autoattack_without_the_package_is_a_config_error():
+    try:
+        import autoattack  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("autoattack is installed")
+    from robsal.errors import ConfigError
+
+    data, model, _ = linear_data()
+    cfg = load_config("tiny", ["device=cpu", "data.image_size=16", "robustness.autoattack=true"])
+    with pytest.raises(ConfigError, match="autoattack"):
+        evaluate_model(model, data, cfg, device=CPU, eps=[1], steps=1, max_images=4, progress=False)

@@ -126,6 +126,47 @@ def robust_accuracy(
     return {k: float(torch.cat(robust[k]).float().mean()) for k, _ in order}
 
 
+def autoattack_accuracy(
+    model: nn.Module,
+    data,
+    idx: np.ndarray,
+    eps: Mapping[str, float],
+    *,
+    device: torch.device,
+    norm: str = "l2",
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Accuracy under AutoAttack (Croce & Hein 2020), optional: needs the ``autoattack`` package.
+
+    Runs the "custom" version with APGD-CE, APGD-DLR and Square, which work with
+    3 classes (the standard version's targeted attacks need more than 3).
+    """
+    try:
+        from autoattack import AutoAttack  # type: ignore[import-not-found]
+    except ImportError:
+        from robsal.errors import ConfigError
+
+        raise ConfigError(
+            "robustness.autoattack: the autoattack package is not installed; "
+            "pip install git+https://github.com/fra31/auto-attack or set robustness.autoattack=false"
+        ) from None
+    was_training = model.training
+    model.eval()
+    x, y = data.batch(np.asarray(idx), device)
+    out = {}
+    for key, radius in sorted(eps.items(), key=lambda kv: kv[1]):
+        attack = AutoAttack(
+            model, norm="L2" if norm == "l2" else "Linf", eps=radius, version="custom",
+            attacks_to_run=["apgd-ce", "apgd-dlr", "square"], seed=seed, device=str(device), verbose=False,
+        )
+        adv = attack.run_standard_evaluation(x, y, bs=batch_size)
+        with torch.no_grad():
+            out[key] = float((model(adv).argmax(1) == y).float().mean())
+    model.train(was_training)
+    return out
+
+
 def evaluate_model(
     model: nn.Module,
     data,
@@ -169,6 +210,10 @@ def evaluate_model(
         pos = {int(i): k for k, i in enumerate(idx)}
         robust[eps_key(0)] = float(np.mean([y_pred[pos[int(r)]] == data.labels[r] for r in ridx]))
     metrics["robust_accuracy"] = dict(sorted(robust.items(), key=lambda kv: float(kv[0])))
+    if cfg.robustness.autoattack and radii:
+        metrics["autoattack_accuracy"] = autoattack_accuracy(
+            model, data, ridx, radii, device=device, norm=cfg.adversary.norm, batch_size=bs, seed=cfg.seed
+        )
     metrics["robust_eval"] = {
         "norm": cfg.adversary.norm,
         "steps": int(steps or cfg.robustness.steps),
