@@ -145,7 +145,9 @@ def test_occlusion_attributes_to_the_region_the_model_looks_at(output):
     model = RegionModel(r)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5
     attr = explain(model, x, torch.zeros(2, dtype=torch.long), "occlusion", output=output)
-    sal = reduce_channels(attr)  # (2, 32, 32)
+    torch.testing.assert_close(attr[:, 0], attr[:, 2])  # a window spans all channels
+    assert METHODS["occlusion"].channel_shared
+    sal = reduce_channels(attr, channel_shared=True)  # (2, 32, 32): the averaged drop itself
     window, _ = scaled_occlusion_geometry(size)
     reach = r + window - 1  # windows overlapping the patch cover at most this far
     assert np.all(sal[:, reach:, :] == 0) and np.all(sal[:, :, reach:] == 0)

@@ -79,7 +79,8 @@ class Method:
     """A registry entry.
 
     ``channel_shared``: the method yields one value per pixel, repeated over the C
-    channels to keep the input's shape (Grad-CAM). Channel reductions must then take
+    channels to keep the input's shape (Grad-CAM; occlusion, whose windows span all
+    channels). Channel reductions must then take
     one channel instead of summing C equal copies (see ``visualize.reduce_channels``).
     ``random``: the method draws random numbers (baselines, noise) and takes ``seed``.
     """
@@ -363,7 +364,9 @@ register("smoothgrad_sq", "SmoothGrad-Squared: squared gradient averaged over no
 )
 
 
-@register("occlusion", "drop of the target output when a window is set to 0, overlaps averaged (B.3)")
+@register(
+    "occlusion", "drop of the target output when a window is set to 0, overlaps averaged (B.3)", channel_shared=True
+)
 def _occlusion(
     model: nn.Module,
     images: torch.Tensor,
@@ -383,7 +386,9 @@ def _occlusion(
     drop of the target output averaged over every window covering it, as the paper.
     ``output='probability'`` (the paper's text: "decrease of the predicted
     probability") scores the softmax probability; ``'logit'`` scores the logit
-    (Captum's default when given the model itself).
+    (Captum's default when given the model itself). A window spans all C channels, so
+    the C channels of a pixel hold the same value (``channel_shared``): the saved map is
+    the averaged drop itself, not C times it.
     """
     if output not in ("probability", "logit"):
         raise ConfigError(f"occlusion output must be 'probability' or 'logit', got {output!r}")

@@ -7,7 +7,9 @@ data; writes, for every model and method,
         maps         float32 (N, H, W)  channel-reduced map (``saliency.reduction``;
                                         default: sum over RGB of |attribution|),
                                         before any capping; Grad-CAM: the upsampled,
-                                        ReLU'd CAM
+                                        ReLU'd CAM; occlusion: the averaged drop of
+                                        the target probability (one channel, not
+                                        summed over RGB)
         image_ids    str (N,)           the same images, in the same order, for every
                                         model and method of the run
         targets      int64 (N,)         the class explained
@@ -206,6 +208,12 @@ def compute_maps(
     raw: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}  # method -> model -> (N, H, W)
     bs = cfg.saliency.batch_size
     jobs = [(n, m) for n in models for m in methods]
+    # each model's predictions, once: (N,) int64 on the device
+    all_preds = {}
+    for name, model in models.items():
+        all_preds[name] = torch.cat(
+            [predicted(model, data.batch(rows[i : i + bs], device)[0]) for i in range(0, len(rows), bs)]
+        )
     bar = tqdm(jobs, desc="saliency", disable=not _show_progress(progress))
     for name, method in bar:
         bar.set_postfix_str(f"{name}/{method}")
@@ -214,7 +222,7 @@ def compute_maps(
         maps, preds, targets = [], [], []
         for i in range(0, len(rows), bs):
             x, y = data.batch(rows[i : i + bs], device)
-            pred = predicted(model, x)
+            pred = all_preds[name][i : i + bs]
             if target == "label":
                 t = y
             elif target == "prediction":

@@ -10,8 +10,8 @@ Captum-based behaviour as an option:
    * ``captum``: |sum_c a_c| (what ``captum.attr.visualization`` does with
      ``sign='absolute_value'``; opposite-signed channels cancel).
 
-   For channel-shared methods (Grad-CAM, one value per pixel repeated over C) both
-   take the single channel's |value|, so the CAM is not multiplied by C.
+   For channel-shared methods (Grad-CAM and occlusion: one value per pixel repeated
+   over C) both take the single channel's |value|, so the map is not multiplied by C.
 
 2. **Normalisation** of each (H, W) map to [0, 1]
 
