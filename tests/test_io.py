@@ -35,3 +35,12 @@ def test_append_jsonl(tmp_path):
     assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
     assert os.stat(path).st_size > 0
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "p.json", {})
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "p.json").st_mode & 0o777) == 0o644
