@@ -70,7 +70,7 @@ class PreparedData:
 
     def indices(self, split: str, fold: int | None = None, exclude_fold: int | None = None) -> np.ndarray:
         """Row indices of one split; ``fold``/``exclude_fold`` select CV folds of ``train``."""
-        sel = (self.splits["split"] == split).to_numpy()
+        sel = np.array(self.splits["split"] == split, dtype=bool)  # a writable copy (pandas 3 views are read-only)
         if fold is not None or exclude_fold is not None:
             folds = pd.to_numeric(self.splits["fold"], errors="coerce").to_numpy()
             if fold is not None:
