@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from robsal import __version__
@@ -72,12 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_python_formatwarning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """robsal's own warnings as one readable line; others keep Python's format."""
+    if issubclass(category, UserWarning) and "robsal" in str(filename):
+        return f"robsal: warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

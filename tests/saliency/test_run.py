@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from robsal.cli import main
 from robsal.config import load_config
 from robsal.data import PreparedData
 from robsal.errors import CheckpointError, ConfigError, DataError
-from robsal.io import load_npz
+from robsal.io import load_npz, read_json
 from robsal.models import build_model, save
 from robsal.runs import init_run
 from robsal.saliency import explain, explain_run, reduce_channels
@@ -57,6 +59,9 @@ def test_explain_run_writes_maps_and_figures(run):
     assert set(data.splits["split"].iloc[rows]) == {"test"}
     for k in range(len(cfg.data.classes)):
         assert (data.labels[rows] == k).sum() <= 1
+    sel = read_json(run_dir / "saliency" / "selection.json")
+    assert sel["rule"] == "correct for every model" and sel["n_per_class"] == 1
+    assert sum(sel["selected"].values()) == len(ids)
     for name, model in (("standard", std), ("robust_eps4", rob)):
         for method in METHODS:
             arr = load_npz(run_dir / "saliency" / name / f"{method}.npz")
@@ -147,3 +152,45 @@ def test_load_image_crops_the_centre(tmp_path):
     img = load_image(tmp_path / "x.png", 10)
     assert img.shape == (3, 10, 10) and img.dtype == np.uint8
     assert img.min() >= 190  # only the centre survives the crop
+
+
+class _Fake:
+    """Just what select_images needs: test rows, labels, classes and batches."""
+
+    def __init__(self, labels):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = ["mel", "nv", "bkl"]
+
+    def indices(self, split):
+        return np.arange(len(self.labels))
+
+    def batch(self, idx, device=None):
+        x = torch.zeros(len(idx), 1)
+        x[:, 0] = torch.as_tensor(np.asarray(idx), dtype=torch.float32)  # the row index rides in x
+        return x, torch.from_numpy(self.labels[idx])
+
+
+class _Lookup(torch.nn.Module):
+    """Predicts a fixed class per row (the row index is the input)."""
+
+    def __init__(self, preds):
+        super().__init__()
+        self.preds = torch.as_tensor(preds)
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(self.preds[x[:, 0].long()], 3).float()
+
+
+def test_select_images_warns_about_a_class_no_model_agrees_on():
+    from robsal.saliency.run import select_images
+
+    labels = [0] * 6 + [1] * 6 + [2] * 6
+    a = _Lookup(labels)                       # always right
+    b = _Lookup([1] * 6 + labels[6:])         # never predicts class 0 (mel)
+    with pytest.warns(UserWarning, match=r"class 'mel': only 0 of the 3"):
+        rows = select_images(_Fake(labels), {"a": a, "b": b}, 3, seed=0, device=torch.device("cpu"))
+    assert [labels[r] for r in rows] == [1, 1, 1, 2, 2, 2]  # correct for every model only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough agreed images: no warning
+        rows = select_images(_Fake(labels), {"a": a}, 3, seed=0, device=torch.device("cpu"))
+    assert [labels[r] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]

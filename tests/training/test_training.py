@@ -62,6 +62,26 @@ def test_phase1_trains_only_the_head(toy_data):
     assert [h["phase"] for h in hist] == ["phase1"]
 
 
+def test_frozen_bn_eval_keeps_running_statistics_of_frozen_layers(toy_data):
+    cfg = cfg_for()
+    for frozen_bn_eval in (False, True):
+        torch.manual_seed(0)
+        model = TinyCNN()
+        before = model.features[1].running_mean.clone()
+        fit(model, toy_data, toy_data.indices("train"), [("phase1", cfg.train.phase1)], cfg=cfg, seed=0,
+            device=CPU, progress=False, frozen_bn_eval=frozen_bn_eval)
+        unchanged = torch.equal(before, model.features[1].running_mean)
+        # the paper's phase 1 lets the frozen layer's statistics drift; fine-tuning keeps them
+        assert unchanged is frozen_bn_eval
+    # a trainable BatchNorm layer still updates its statistics with frozen_bn_eval
+    torch.manual_seed(0)
+    model = TinyCNN()
+    before = model.features[1].running_mean.clone()
+    fit(model, toy_data, toy_data.indices("train"), [("phase2", cfg.train.phase2)], cfg=cfg, seed=0,
+        device=CPU, progress=False, frozen_bn_eval=True)
+    assert not torch.equal(before, model.features[1].running_mean)
+
+
 def test_lr_decays_after_the_listed_epochs(toy_data):
     cfg = cfg_for(epochs=4, lr=1e-2, lr_decay_epochs=[1, 3], lr_decay=0.5)
     torch.manual_seed(0)

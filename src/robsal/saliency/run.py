@@ -30,6 +30,7 @@ correctly-classified images"): test images classified correctly by *every* model
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from robsal.config import Config, load_run_config
 from robsal.errors import CheckpointError, DataError
-from robsal.io import save_npz
+from robsal.io import save_npz, write_json
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
 from robsal.saliency.visualize import reduce_channels
@@ -76,8 +77,11 @@ def select_images(
     """Row indices of test images correct for every model, ``n_per_class`` per class.
 
     Classes in ``data.classes`` order; within a class, a seeded random draw kept in
-    row order. A class with fewer correct images gives what it has; none at all is a
-    DataError.
+    row order (the paper shows correctly classified images only). A class with fewer
+    correct images gives what it has, with a warning that names it (e.g. a robust
+    model that never predicts that class): the maps and metrics then under-represent
+    it, and ``RUN/saliency/selection.json`` records the counts for the report. No
+    image at all is a DataError.
     """
     test = data.indices("test")
     if len(test) == 0:
@@ -91,10 +95,16 @@ def select_images(
         ok &= np.concatenate(preds) == data.labels[test]
     rng = np.random.default_rng(seed)
     chosen = []
-    for k in range(len(data.classes)):
+    for k, cls in enumerate(data.classes):
         rows = test[ok & (data.labels[test] == k)]
         if len(rows) > n_per_class:
             rows = np.sort(rng.choice(rows, n_per_class, replace=False))
+        elif len(rows) < n_per_class:
+            warnings.warn(
+                f"class {cls!r}: only {len(rows)} of the {n_per_class} requested test images are classified "
+                f"correctly by every model ({', '.join(models)}); its maps and metrics are under-represented",
+                stacklevel=2,
+            )
         chosen.append(rows)
     out = np.concatenate(chosen).astype(np.int64)
     if len(out) == 0:
@@ -148,9 +158,14 @@ def explain_run(
 
     if image_ids:
         rows = data.rows_of(list(image_ids))
+        selection: dict[str, Any] = {"rule": "image ids given", "models": names, "n_per_class": None}
     else:
         k = n_per_class if n_per_class is not None else cfg.saliency.n_per_class
         rows = select_images(data, loaded, k, cfg.seed, dev, cfg.train.eval_batch_size)
+        selection = {"rule": "correct for every model", "models": names, "n_per_class": k}
+    counts = np.bincount(data.labels[rows], minlength=len(data.classes))
+    selection["selected"] = {c: int(n) for c, n in zip(data.classes, counts)}
+    write_json(run_dir / "saliency" / "selection.json", selection)
     out, raw = compute_maps(
         run_dir, loaded, data, rows, method_names, cfg, target=cfg.saliency.target, device=dev, progress=progress
     )

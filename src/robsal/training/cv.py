@@ -36,7 +36,7 @@ from robsal.config import Config
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, atomic_open, write_json
 from robsal.training.evaluate import accuracy
-from robsal.training.loop import make_augment, show_progress
+from robsal.training.loop import make_augment
 from robsal.training.train import fit
 from robsal.utils import resolve_device, seed_everything
 
@@ -109,7 +109,7 @@ def tune(
             done[(lr, bs, fold)] = acc
             append_jsonl(log_path, {"lr": lr, "batch_size": bs, "fold": fold, "accuracy": acc,
                                     "seconds": time.perf_counter() - start})
-            if show_progress(progress):
+            if progress:
                 print(f"fold {fold} lr={lr:g} batch_size={bs}: accuracy {acc:.3f}", flush=True)
     table = cv_table(done, grid, folds)
     with atomic_open(out_dir / "cv_table.csv", "w", newline="") as fh:

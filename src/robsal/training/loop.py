@@ -95,6 +95,7 @@ def train_epoch(
     amp: bool = False,
     progress: bool = True,
     desc: str = "",
+    frozen_bn_eval: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` for one pass over ``train_idx`` (shuffled by ``(seed, epoch)``).
 
@@ -102,12 +103,17 @@ def train_epoch(
     (accuracy on those inputs: clean+augmented for standard training, adversarial for
     adversarial training), ``epoch_seconds`` and ``images_per_second``.
     The last partial batch is kept (the paper's data are 2400 images; nothing is dropped).
+    ``frozen_bn_eval``: BatchNorm layers whose parameters are all frozen stay in eval mode
+    (their running statistics do not drift); used by layer-group fine-tuning (Appendix D).
+    The paper's phase 1 (and the original code) let them update, so the default is False.
     """
     order_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
     aug_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 1))  # Augmenter samples on the CPU
     adv_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 2))
     perm = np.asarray(train_idx)[torch.randperm(len(train_idx), generator=order_gen).numpy()]
     model.train()
+    if frozen_bn_eval:
+        freeze_bn_statistics(model)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n_batches = (len(perm) + batch_size - 1) // batch_size
@@ -143,6 +149,22 @@ def train_epoch(
         "epoch_seconds": seconds,
         "images_per_second": len(perm) / max(seconds, 1e-9),
     }
+
+
+def freeze_bn_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm layer whose affine parameters are all frozen into eval mode.
+
+    A frozen layer then normalises with its stored running statistics instead of the
+    batch's and leaves them unchanged. Returns how many layers were switched.
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if all(not p.requires_grad for p in params):
+                m.eval()
+                n += 1
+    return n
 
 
 def make_augment(augment_cfg) -> Augment | None:  # augment_cfg: robsal.config.AugmentConfig

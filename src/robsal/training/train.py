@@ -34,7 +34,7 @@ from robsal.config import Config, ModelSpec, PhaseConfig
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, read_json
 from robsal.training.evaluate import accuracy, evaluate_model
-from robsal.training.loop import Adversary, Augment, attack_radius, make_augment, show_progress, train_epoch
+from robsal.training.loop import Adversary, Augment, attack_radius, make_augment, train_epoch
 from robsal.training.phases import make_optimizer, make_scheduler, set_trainable
 from robsal.utils import git_commit, resolve_device, seed_everything
 
@@ -73,11 +73,14 @@ def fit(
     progress: bool = True,
     name: str = "",
     tb_writer: Any = None,
+    frozen_bn_eval: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``model`` through ``phases`` in order; returns (and appends to ``history_path``) one record per epoch.
 
     ``start_epoch`` is the number of epochs already trained (global epoch numbering,
     which also seeds the data order: see :mod:`robsal.training.loop`).
+    ``frozen_bn_eval``: keep BatchNorm layers with frozen parameters in eval mode
+    (see :func:`robsal.training.loop.train_epoch`).
     """
     history: list[dict[str, Any]] = []
     epoch = start_epoch
@@ -95,6 +98,7 @@ def fit(
                 batch_size=phase.batch_size, seed=seed, epoch=epoch, device=device,
                 adversary=adversary, augment=augment, amp=cfg.train.amp, progress=progress,
                 desc=f"{name} {phase_name} {phase_epoch}/{phase.epochs}".strip(),
+                frozen_bn_eval=frozen_bn_eval,
             )
             scheduler.step()
             bs = cfg.train.eval_batch_size
@@ -124,7 +128,7 @@ def fit(
                 for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy", "images_per_second"):
                     if rec[k] is not None:
                         tb_writer.add_scalar(k, rec[k], epoch)
-            if show_progress(progress):
+            if progress:  # one line per epoch, also in logs (bars only on terminals)
                 shown = {k: rec[k] for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy")}
                 print(f"{name} epoch {epoch} ({phase_name}): " + ", ".join(
                     f"{k}={v:.3f}" for k, v in shown.items() if v is not None), flush=True)
@@ -273,7 +277,7 @@ def train_models(
     for spec in specs:
         model_dir = run_dir / "models" / spec.name
         if is_complete(model_dir, training_fingerprint(cfg_t, spec)):
-            if show_progress(progress):
+            if progress:
                 print(f"{spec.name}: already trained, skipping", flush=True)
         else:
             train_one(cfg_t, spec, data, model_dir, device=dev, progress=progress, tuned=tuned)
