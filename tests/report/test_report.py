@@ -286,3 +286,20 @@ def test_cli_builds_the_report_and_reports_errors(fake_run, tmp_path, capsys):
     assert main(["report", "--run", str(fake_run.run_dir), "--files"]) == 0
     assert (fake_run.run_dir / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
+
+
+def test_grids_name_under_represented_classes(fake_run):
+    from robsal.io import write_json
+
+    classes = list(fake_run.data.classes)
+    selected = {c: (0 if i == 0 else 2) for i, c in enumerate(classes)}
+    write_json(fake_run.run_dir / "saliency" / "selection.json",
+               {"rule": "correct for every model", "n_per_class": 2, "selected": selected})
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    assert "classified correctly by every model, up to 2 per class" in page
+    assert f"Under-represented: {htmllib.escape(classes[0])}</strong>" in page
+    selected[classes[0]] = 2
+    write_json(fake_run.run_dir / "saliency" / "selection.json",
+               {"rule": "correct for every model", "n_per_class": 2, "selected": selected})
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    assert "Under-represented" not in page

@@ -60,6 +60,7 @@ class RunContents:
     splits: pd.DataFrame | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
     saliency: dict[str, dict[str, SaliencySet]] = field(default_factory=dict)  # model -> method -> set
+    selection: dict[str, Any] | None = None  # saliency/selection.json: how the explained images were chosen
     per_image: pd.DataFrame | None = None
     summary_csv: pd.DataFrame | None = None
     summary_json: Any = None
@@ -203,6 +204,8 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
             run.saliency[name] = per_method
     if not run.saliency:
         run.missing.append("saliency/ holds no maps: the saliency stage has not run.")
+    elif (sal_dir / "selection.json").exists():
+        run.selection = _read_json_file(sal_dir / "selection.json", "re-run `robsal explain` to rewrite it")
 
     metrics_dir = run_dir / "metrics"
     fix = "re-run `robsal evaluate` to rewrite it"

@@ -384,6 +384,7 @@ def _section_grids(run: RunContents, store: ImageStore) -> str:
         f'<p class="note">Up to {GRID_PER_CLASS} images per class of the {len(_saliency_images(run))} explained; '
         f"the interactive viewer above browses up to {VIEWER_MAX_IMAGES}.</p>"
     )
+    parts.append(_selection_note(run))
     for method in run.methods:
         header = ["image"] + (["input"] if run.data is not None else []) + [e(_model_label(run, m)) for m in models]
         rows = []
@@ -409,6 +410,24 @@ def _section_grids(run: RunContents, store: ImageStore) -> str:
         parts.append(f"<h3>{e(method)}</h3>" + _table(header, rows, cls="grid"))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _selection_note(run: RunContents) -> str:
+    """How the explained images were chosen, and which classes fell short (saliency/selection.json)."""
+    sel = run.selection
+    if not isinstance(sel, dict) or not isinstance(sel.get("selected"), dict):
+        return ""
+    counts = ", ".join(f"{e(c)} {int(n)}" for c, n in sel["selected"].items())
+    if sel.get("rule") != "correct for every model":
+        return f'<p class="note">Explained images (named by image id): {counts}.</p>'
+    k = sel.get("n_per_class")
+    short = [c for c, n in sel["selected"].items() if k is not None and int(n) < int(k)]
+    text = (f'<p class="note">Explained images: test images classified correctly by every model, '
+            f"up to {e(k)} per class, as in the paper: {counts}.")
+    if short:
+        text += (f' <strong>Under-represented: {e(", ".join(short))}</strong> (too few images that every '
+                 "model gets right); the maps and metrics say little about these classes.")
+    return text + "</p>"
 
 
 def _grid_images(run: RunContents) -> list[str]:
