@@ -10,8 +10,20 @@ import torch
 
 from robsal.errors import DataError
 
+# Accelerator-resident copy of the uint8 images (issue 8 "the cache lives on the device"):
+# at most this many bytes, and at most this share of the device's free memory.
+DEVICE_CACHE_MAX_BYTES = 8 * 2**30
+DEVICE_CACHE_MAX_FREE_SHARE = 0.25
+
 SPLITS_COLUMNS = ["image_id", "lesion_id", "label", "split", "fold"]
 ARTIFACT_NAMES = ("hair", "ruler", "vignette", "bubble")
+
+
+def gather(arrays: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``idx`` of device-resident (uint8 images, labels) -> (float [0, 1] images, labels)."""
+    images, labels = arrays
+    sel = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(images.device, non_blocking=True)
+    return images.index_select(0, sel).float().div_(255.0), labels.index_select(0, sel)
 
 
 @dataclass
@@ -51,6 +63,7 @@ class PreparedData:
         if self.has_mask is None:
             self.has_mask = np.zeros(n, dtype=bool)
         self._row = {iid: i for i, iid in enumerate(self.splits["image_id"].astype(str))}
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     # ------------------------------------------------------------------ lookup
     def __len__(self) -> int:
@@ -93,11 +106,38 @@ class PreparedData:
     def batch(
         self, idx: np.ndarray | list[int], device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images float32 (B, 3, S, S) in [0, 1], labels int64 (B,)) on ``device``."""
+        """(images float32 (B, 3, S, S) in [0, 1], labels int64 (B,)) on ``device``.
+
+        On an accelerator the whole uint8 image array is copied to the device once (when it
+        fits: see :data:`DEVICE_CACHE_MAX_BYTES`), and later batches are gathered there, so
+        no image crosses the host-device bus twice. On the CPU (and when it does not fit)
+        each batch is gathered from the host array.
+        """
         idx = np.asarray(idx, dtype=np.int64)
+        cached = self.device_arrays(device)
+        if cached is not None:
+            return gather(cached, idx)
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).to(device)
         y = torch.from_numpy(self.labels[idx]).to(device)
         return x.float().div_(255.0), y
+
+    def device_arrays(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(uint8 images, int64 labels) resident on ``device``, or None on the CPU / when too big."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return None
+        key = str(device)
+        if key not in self._on_device:
+            nbytes = self.images.nbytes + self.labels.nbytes
+            budget = DEVICE_CACHE_MAX_BYTES
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                budget = min(budget, int(free * DEVICE_CACHE_MAX_FREE_SHARE))
+            self._on_device[key] = None if nbytes > budget else (
+                torch.from_numpy(np.ascontiguousarray(self.images)).to(device),
+                torch.from_numpy(np.ascontiguousarray(self.labels)).to(device),
+            )
+        return self._on_device[key]
 
     def mask_batch(self, idx: np.ndarray | list[int]) -> np.ndarray:
         """Lesion masks (B, S, S) bool; raises DataError when the dataset has none."""
