@@ -1,8 +1,10 @@
-"""``robsal run``: the main job."""
+"""``robsal run`` (the main job), ``robsal sweep`` (eps x seed grids) and ``robsal finetune``
+(layer-group fine-tuning of a robust model)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from robsal.cli import add_config_args, config_from_args
@@ -22,6 +24,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
+    s = sub.add_parser(
+        "sweep",
+        help="train, explain and evaluate a grid of eps x seed models; tables and plots vs eps",
+        description="Train one model per cell of an eps x seed grid on the same data and splits "
+        "(eps = 0: standard training), explain and evaluate all of them on the same test images, "
+        "and aggregate: accuracy and every saliency metric vs eps (SWEEP/sweep/table.csv|json), "
+        "seed stability per eps, the per-image optimal eps, and figures. Resumable: re-running "
+        "skips finished cells; a failed cell is retried once and the others go on.",
+    )
+    add_config_args(s, default="quick")
+    s.add_argument("--grid", required=True, help='e.g. "eps=0,1,2,4,7;seed=0,1,2" (eps in paper units)')
+    s.add_argument("--out", default=None, help="sweep directory (default: runs/<config name>_sweep)")
+    s.add_argument("--data", default=None, help="dataset folder (HAM10000 layout or <class>/ folders)")
+    s.add_argument("--images", choices=("correct", "all"), default="correct",
+                   help="explain test images every cell classifies correctly (paper) or any (default: correct)")
+    s.add_argument("--retries", type=int, default=1, help="extra attempts of a failed cell (default: 1)")
+    s.add_argument("--optimum-metric", default="relevance_mass",
+                   help="per-image metric that picks each image's optimal eps (default: relevance_mass)")
+    s.add_argument("--optimum-method", default="gradient", help="saliency method for the optimum (default: gradient)")
+    s.add_argument("--optimum-direction", choices=("max", "min"), default=None,
+                   help="whether higher or lower is better (default: known per metric)")
+    s.add_argument("--band", default="3,5", help="eps band whose share of optima is reported (default: 3,5)")
+    s.add_argument("--figure-method", default="gradient", help="method of the Figure 10/11 grids (default: gradient)")
+    s.add_argument("--ray-address", default=None,
+                   help="train the cells as Ray tasks: auto, ADDR (ray://host:port or host:port), or local")
+    s.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per Ray task (default: 1)")
+    s.add_argument("--ray-gpus", type=float, default=None,
+                   help="GPUs per Ray task (default: 1 if the cluster has GPUs and --device is not cpu)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_sweep)
+
+    f = sub.add_parser(
+        "finetune",
+        help="standard fine-tuning of some layer groups of a robust model (paper Appendix D)",
+        description="Freeze a trained model of RUN, unfreeze the layer groups named (1 = stem+layer1, "
+        "2 = layer2, 3 = layer3, 4 = layer4, 5 = fc) and train them with standard training on the "
+        "train split, early stopping on the validation loss. Frozen BatchNorm layers stay in eval "
+        "mode. Each variant is saved as RUN/models/<from>_ft<groups>/; figures: Figure 12 (Gradient "
+        "maps) and Figure 13 (accuracies).",
+    )
+    f.add_argument("--run", required=True, help="run directory holding the model to fine-tune")
+    f.add_argument("--from", dest="source", required=True, help="model name in RUN/models, e.g. robust_eps4")
+    f.add_argument("--groups", default="5,4-5,3-5,2-5",
+                   help="comma-separated variants, each a group or range of groups (default: 5,4-5,3-5,2-5)")
+    f.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-5, the paper's)")
+    f.add_argument("--patience", type=int, default=None, help="stop after this many epochs without val-loss improvement (10)")
+    f.add_argument("--lr-patience", type=int, default=None, help="lr x0.1 after this many such epochs (5)")
+    f.add_argument("--max-epochs", type=int, default=None, help="upper bound on epochs (default: 100)")
+    f.add_argument("--batch-size", type=int, default=None, help="default: the run's train.phase2.batch_size")
+    f.add_argument("--standard", default=None, help="the standard model for the figures (default: the run's eps = 0 model)")
+    f.add_argument("--images", choices=("correct", "all"), default="correct",
+                   help="Figure 12 images: correct for every model shown (paper) or any (default: correct)")
+    f.add_argument("--force", action="store_true", help="re-train variants that are already complete")
+    f.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the run's)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    f.set_defaults(func=_cmd_finetune)
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from robsal.experiments.run import STAGES, run_pipeline
@@ -35,4 +94,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if s not in known:
             raise ConfigError(f"--force: unknown stage {s!r}; stages: {', '.join(sorted(known))}")
     run_pipeline(cfg, out, progress=not args.no_progress, force=force)
+    return 0
+
+
+def _parse_band(text: str) -> tuple[float, float]:
+    from robsal.errors import ConfigError
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--band must be two numbers like 3,5, got {text!r}") from None
+    if lo > hi:
+        raise ConfigError(f"--band {text}: the lower end is above the upper end")
+    return lo, hi
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from robsal.experiments.sweep import OptimumSpec, run_sweep, summary_lines
+
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}_sweep"
+    optimum = OptimumSpec(args.optimum_metric, args.optimum_method, args.optimum_direction, _parse_band(args.band))
+    result = run_sweep(
+        cfg, args.grid, out, device=args.device, progress=not args.no_progress, images=args.images,
+        retries=args.retries, ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
+        optimum=optimum, figure_method=args.figure_method,
+    )
+    if result.table is not None:
+        for line in summary_lines(result.table, result.optimum):
+            print(line)
+    if result.failed:
+        details = "; ".join(f"{n}: {result.cells[n].errors[-1] if result.cells[n].errors else 'failed'}"
+                            for n in result.failed)
+        print(f"robsal: error: {len(result.failed)} of {len(result.cells)} cells failed ({details}); "
+              "re-run the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from robsal.experiments.finetune import FinetuneSettings, parse_groups, run_finetune
+
+    defaults = FinetuneSettings()
+    settings = FinetuneSettings(
+        lr=defaults.lr if args.lr is None else args.lr,
+        patience=defaults.patience if args.patience is None else args.patience,
+        lr_patience=defaults.lr_patience if args.lr_patience is None else args.lr_patience,
+        max_epochs=defaults.max_epochs if args.max_epochs is None else args.max_epochs,
+        batch_size=args.batch_size,
+    )
+    settings.check(cli=True)
+    variants = parse_groups(args.groups)
+    result = run_finetune(
+        args.run, args.source, variants, settings=settings, standard=args.standard, images=args.images,
+        device=args.device, progress=not args.no_progress, force=args.force,
+    )
+    for line in result.lines():
+        print(line)
     return 0
