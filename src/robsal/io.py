@@ -3,12 +3,14 @@
 Each writer writes to a temporary file in the destination folder, flushes and
 fsyncs it, then renames it over the destination (``os.replace`` is atomic on
 POSIX and Windows). A crash, Ctrl-C or full disk therefore leaves the previous
-version of the file intact.
+version of the file intact. A full disk (``ENOSPC``, ``EDQUOT``) is reported as
+:class:`DiskFullError`, a one-line user error that is also an ``OSError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,6 +20,17 @@ from typing import IO, Any
 
 import numpy as np
 
+from robsal.errors import UserError
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(UserError, OSError):
+    """The disk (or quota) filled up while writing; the previous version of the file is intact."""
+
+    def __str__(self) -> str:  # one line without the "[Errno 28]" prefix
+        return self.strerror or super().__str__()
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -25,12 +38,31 @@ def _umask() -> int:
     return mask
 
 
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make renames inside ``folder`` durable (best effort; not every OS can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str], suffix: str = "", *, keep_previous: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     ``suffix`` is kept on the temporary name so that libraries which infer the
-    format from the extension (matplotlib, numpy) behave.
+    format from the extension (matplotlib, numpy) behave. With ``keep_previous``,
+    the old ``path`` (if any) is renamed to ``keep_previous`` just before the new
+    file takes its place, so two generations exist (used by training checkpoints).
+    A full disk raises :class:`DiskFullError`; the old file is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,14 +70,44 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno in _DISK_FULL and not isinstance(exc, DiskFullError):
+                raise DiskFullError(
+                    exc.errno,
+                    f"no space left on the device while writing {path}; the previous version is intact; "
+                    "free some space and re-run the same command",
+                ) from None
+            raise
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp_path, path)
+        if keep_previous is not None:
+            fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def clean_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files that :func:`atomic_path` left in ``folder`` when its process was killed.
+
+    Only names of the form ``.<name>.<random>.tmp<suffix>`` are touched; call this while
+    holding the run lock (no other writer can be active). Returns how many were removed.
+    """
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.glob(".*.tmp*"):
+        if p.is_file() and ".tmp" in p.name:
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 @contextlib.contextmanager
