@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -90,14 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.formatwarning = _one_line_warning
+    from robsal.signals import EXIT_CODES, Terminated, handle_termination
+
+    # Ctrl-C raises KeyboardInterrupt, SIGTERM raises Terminated; checkpoint writes hold both
+    # until the file is complete (robsal.signals.deferred), finished work stays on disk.
     try:
-        return int(args.func(args) or 0)
+        with handle_termination():
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"robsal: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("robsal: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        print("robsal: interrupted (SIGINT); finished work is saved; re-run the same command to resume",
+              file=sys.stderr)
+        return EXIT_CODES[signal.SIGINT]
+    except Terminated:
+        print("robsal: terminated (SIGTERM); finished work is saved; re-run the same command to resume",
+              file=sys.stderr)
+        return EXIT_CODES[signal.SIGTERM]
 
 
 if __name__ == "__main__":  # pragma: no cover
