@@ -108,18 +108,29 @@ class RunLock:
 
     A second process that tries to use the same run directory is refused with a
     message naming the holder's PID, instead of both writing the same files.
-    The lock is an ``fcntl`` lock, released by the OS if the holder dies.
+    The lock is an ``fcntl`` lock, released by the OS if the holder dies. A second lock
+    in the same process conflicts too, unless it is made with ``reentrant=True`` (the
+    training stage takes the lock that ``robsal run`` may already hold).
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    _held: dict[str, list[Any]] = {}  # real path of the lock file -> [file handle, depth]
+
+    def __init__(self, run_dir: str | Path, *, reentrant: bool = False) -> None:
         self.path = Path(run_dir) / ".lock"
-        self._fh = None
+        self.reentrant = reentrant
+        self._key: str | None = None
 
     def __enter__(self) -> RunLock:
         import fcntl
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        held = RunLock._held.get(key)
+        if held is not None and self.reentrant:
+            held[1] += 1
+            self._key = key
+            return self
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,13 +145,19 @@ class RunLock:
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
-        self._fh = fh
+        RunLock._held[key] = [fh, 1]
+        self._key = key
         return self
 
     def __exit__(self, *exc: object) -> None:
         import fcntl
 
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._key is None:
+            return
+        held = RunLock._held[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            del RunLock._held[self._key]
+            fcntl.flock(held[0].fileno(), fcntl.LOCK_UN)
+            held[0].close()
+        self._key = None

@@ -18,11 +18,17 @@ std_accuracy (sample std, ddof=1), n_folds, fold_<k> accuracies), ``RUN/tune/bes
 (lr, batch_size, mean/std accuracy, the grid), ``RUN/tune/folds.jsonl`` (one line per
 finished (cell, fold), used to resume an interrupted search). ``robsal train`` in the
 same run directory then uses the chosen lr and batch size for phase 2 of every model.
+
+Interrupted cells resume too: the fold's phase 1 and the running cell checkpoint every
+epoch into ``RUN/tune/checkpoints/`` (:mod:`robsal.training.checkpoint`); a cell's
+checkpoint is deleted once its line is in ``folds.jsonl``, the phase-1 one once the
+fold's cells are done.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,6 +41,8 @@ import torch
 from robsal.config import Config
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, atomic_open, write_json
+from robsal.runs import RunLock
+from robsal.training.checkpoint import remove_checkpoints
 from robsal.training.evaluate import accuracy
 from robsal.training.loop import make_augment
 from robsal.training.train import fit
@@ -61,9 +69,22 @@ def tune(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the CV grid of ``cfg.tune``; write the table and ``best.json``; return the best cell."""
+    run_dir = Path(run_dir)
+    with RunLock(run_dir, reentrant=True):  # one writer of folds.jsonl and the checkpoints
+        return _tune(cfg, run_dir, data, device=device, progress=progress)
+
+
+def _cell_fingerprint(cfg: Config, **cell: Any) -> str:
+    """Hash of what determines a CV fit: the training config sections and the cell (fold, lr, ...)."""
+    d = cfg.to_dict()
+    part = {k: d[k] for k in ("seed", "data", "augment", "model", "train")}
+    part["cell"] = cell
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[str, Any]:
     from robsal.models import build_model
 
-    run_dir = Path(run_dir)
     if data is None:
         from robsal.data import load_run_data, prepare  # type: ignore[attr-defined]
 
@@ -76,6 +97,7 @@ def tune(
         raise ConfigError("tune.lrs and tune.batch_sizes must each list at least one value")
     folds = _folds(data, cfg.tune.folds)
     log_path = out_dir / "folds.jsonl"
+    ckpt_root = out_dir / "checkpoints"
     done: dict[tuple[float, int, int], float] = {}
     if log_path.exists():
         for line in log_path.read_text(encoding="utf-8").splitlines():
@@ -96,21 +118,29 @@ def tune(
             cfg.model.arch, data.classes, pretrained=cfg.model.pretrained, pretrained_path=cfg.model.pretrained_path,
             mean=cfg.model.mean, std=cfg.model.std, image_size=data.image_size,
         ).to(dev)
+        p1_dir = ckpt_root / f"fold{fold}_phase1"
         fit(model, data, tr, [("phase1", p1)], cfg=cfg, seed=cfg.seed, device=dev, augment=augment,
-            progress=progress, name=f"fold {fold} phase1")
+            progress=progress, name=f"fold {fold} phase1",
+            checkpoint_dir=p1_dir, fingerprint=_cell_fingerprint(cfg, fold=fold, phase="phase1"))
         state = copy.deepcopy(model.state_dict())
         for lr, bs in todo:
             model.load_state_dict(state)
             phase2 = _replace(cfg.train.phase2, lr, bs)
             start = time.perf_counter()
+            cell_dir = ckpt_root / f"fold{fold}_lr{lr:g}_bs{bs}"
             fit(model, data, tr, [("phase2", phase2)], cfg=cfg, seed=cfg.seed, device=dev, augment=augment,
-                start_epoch=p1.epochs, progress=progress, name=f"fold {fold} lr={lr:g} bs={bs}")
+                start_epoch=p1.epochs, progress=progress, name=f"fold {fold} lr={lr:g} bs={bs}",
+                checkpoint_dir=cell_dir, fingerprint=_cell_fingerprint(cfg, fold=fold, lr=lr, batch_size=bs))
             acc = accuracy(model, data, va, device=dev, batch_size=cfg.train.eval_batch_size)
             done[(lr, bs, fold)] = acc
             append_jsonl(log_path, {"lr": lr, "batch_size": bs, "fold": fold, "accuracy": acc,
                                     "seconds": time.perf_counter() - start})
+            remove_checkpoints(cell_dir)
             if progress:
                 print(f"fold {fold} lr={lr:g} batch_size={bs}: accuracy {acc:.3f}", flush=True)
+        remove_checkpoints(p1_dir)
+    if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
+        ckpt_root.rmdir()
     table = cv_table(done, grid, folds)
     with atomic_open(out_dir / "cv_table.csv", "w", newline="") as fh:
         table.to_csv(fh, index=False)

@@ -11,8 +11,12 @@ augmentation and attack start on the device), so
 * the standard and the robust model of a run see the same images in the same
   order with the same augmentations (the attack has its own generator, on the
   device; the augmentation parameters are drawn on the CPU), and
-* training resumed at epoch ``e`` (e.g. a CV cell that reuses a cached phase 1)
+* training resumed at epoch ``e`` (e.g. a CV cell that reuses a cached phase 1, or a
+  run resumed from its epoch checkpoint, :mod:`robsal.training.checkpoint`)
   continues exactly as an uninterrupted run would.
+
+A non-finite training loss stops the epoch with :class:`NonFiniteLoss` (a user error:
+the learning rate or the data need changing); the epoch is not kept.
 """
 
 from __future__ import annotations
@@ -30,8 +34,26 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from robsal.attacks import pgd
+from robsal.errors import UserError
 
 Augment = Callable[..., torch.Tensor]
+
+# devices whose training loss is checked for NaN/inf after every batch; elsewhere the first
+# bad batch is recorded on the device and checked at the end of the epoch (see train_epoch)
+HOST_CHECKED = frozenset({"cpu"})
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; names the epoch and the batch (1-based)."""
+
+    def __init__(self, message: str, *, epoch: int, batch: int, n_batches: int, value: float) -> None:
+        super().__init__(message)
+        self.epoch, self.batch, self.n_batches, self.value = epoch, batch, n_batches, value
+
+    @classmethod
+    def at(cls, epoch: int, batch: int, n_batches: int, value: float) -> NonFiniteLoss:
+        return cls(f"training loss is {value} at epoch {epoch}, batch {batch} of {n_batches}",
+                   epoch=epoch, batch=batch, n_batches=n_batches, value=value)
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,15 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n_batches = (len(perm) + batch_size - 1) // batch_size
+    # NaN/inf guard. On the CPU the loss is checked before every update (reading a CPU
+    # scalar costs nothing). On an accelerator, reading it would be a host-device sync per
+    # batch that drains the queue of (PGD) kernels; instead the index and value of the first
+    # bad batch are kept on the device and read once, at the end-of-epoch sync that exists
+    # anyway. The epoch is discarded either way (nothing is checkpointed after a bad batch),
+    # so checking late loses no good state.
+    on_host = device.type in HOST_CHECKED
+    first_bad = None if on_host else torch.full((), -1, device=device, dtype=torch.long)
+    bad_value = None if on_host else torch.zeros((), device=device)
     bar = tqdm(total=len(perm), desc=desc, unit="img", leave=False, disable=not show_progress(progress))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -131,6 +162,14 @@ def train_epoch(
                 x = adversary(model, x, y, generator=adv_gen)  # model is back in train mode after
             logits = model(x)  # (B, K)
             loss = F.cross_entropy(logits.float(), y)
+        if on_host:
+            if not bool(torch.isfinite(loss.detach())):
+                bar.close()
+                raise NonFiniteLoss.at(epoch, b + 1, n_batches, float(loss.detach()))
+        else:
+            bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, b), first_bad)
+            bad_value = torch.where(bad, loss.detach().float(), bad_value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -142,6 +181,8 @@ def train_epoch(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     bar.close()
+    if first_bad is not None and int(first_bad) >= 0:
+        raise NonFiniteLoss.at(epoch, int(first_bad) + 1, n_batches, float(bad_value))
     n = max(len(perm), 1)
     return {
         "train_loss": float(loss_sum) / n,

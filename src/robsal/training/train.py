@@ -15,6 +15,12 @@ the fine-tuning phase only); model.json records them under ``"tuned"``.
 Output per model (``RUN/models/<name>/``): ``model.safetensors``, ``model.json``
 (with ``"metrics"``), ``history.jsonl`` (one JSON object per epoch). A model whose
 model.json carries metrics and the same training fingerprint is skipped (resume).
+
+While a model trains, ``RUN/models/<name>/checkpoint/`` holds the state after the last
+two finished epochs (:mod:`robsal.training.checkpoint`); an interrupted run (SIGKILL,
+Ctrl-C, SIGTERM, crash, full disk) resumes from it when the same command is run again and
+ends with the same weights as an uninterrupted run. The checkpoints are deleted once the
+final model is saved.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import copy
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +37,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from robsal import signals
 from robsal.config import Config, ModelSpec, PhaseConfig
 from robsal.errors import ConfigError, DataError
-from robsal.io import append_jsonl, read_json
+from robsal.io import append_jsonl, clean_temporaries, read_json, write_text
+from robsal.runs import RunLock
+from robsal.training.checkpoint import (
+    Checkpoint,
+    load_latest,
+    remove_checkpoints,
+    restore_model,
+    restore_optimizer,
+    save_training_state,
+)
 from robsal.training.evaluate import accuracy, evaluate_model
-from robsal.training.loop import Adversary, Augment, attack_radius, make_augment, train_epoch
+from robsal.training.loop import Adversary, Augment, NonFiniteLoss, attack_radius, make_augment, train_epoch
 from robsal.training.phases import make_optimizer, make_scheduler, set_trainable
 from robsal.utils import git_commit, resolve_device, seed_everything
 
@@ -74,6 +91,8 @@ def fit(
     name: str = "",
     tb_writer: Any = None,
     frozen_bn_eval: bool = False,
+    checkpoint_dir: Path | None = None,
+    fingerprint: str = "",
 ) -> list[dict[str, Any]]:
     """Train ``model`` through ``phases`` in order; returns (and appends to ``history_path``) one record per epoch.
 
@@ -81,25 +100,63 @@ def fit(
     which also seeds the data order: see :mod:`robsal.training.loop`).
     ``frozen_bn_eval``: keep BatchNorm layers with frozen parameters in eval mode
     (see :func:`robsal.training.loop.train_epoch`).
+
+    ``checkpoint_dir``: the full training state is checkpointed there after every epoch
+    (:mod:`robsal.training.checkpoint`), and training resumes from the checkpoint found
+    there when its ``fingerprint``, phase plan and ``start_epoch`` match: finished epochs
+    are skipped, their history records come from the checkpoint, and ``history_path`` is
+    rewritten to hold exactly them (emptied when there is nothing to resume). Because data
+    order, augmentation and attack starts depend only on (seed, epoch), the resumed run ends
+    with the same weights as an uninterrupted one. A NaN/inf loss raises
+    :class:`~robsal.training.loop.NonFiniteLoss` naming ``name``, the epoch and the batch;
+    the last checkpoint stays as it was.
     """
-    history: list[dict[str, Any]] = []
+    plan = [[phase_name, int(phase.epochs)] for phase_name, phase in phases]
+    resume = _find_resume(checkpoint_dir, fingerprint, plan, start_epoch, name) if checkpoint_dir else None
+    history: list[dict[str, Any]] = list(resume.state["history"]) if resume is not None else []
+    if checkpoint_dir is not None and history_path is not None:
+        write_text(history_path, "".join(json.dumps(r) + "\n" for r in history))
+    if resume is not None:
+        restore_model(model, resume)
+        if progress:
+            print(f"{name or 'model'}: resuming after epoch {resume.epoch} from {resume.path}", flush=True)
+    saved_epoch = resume.epoch if resume is not None else None
     epoch = start_epoch
-    for phase_name, phase in phases:
+    for phase_index, (phase_name, phase) in enumerate(phases):
         if phase.epochs == 0:
             continue
+        done = 0
+        if resume is not None:
+            if phase_index < resume.state["phase_index"]:
+                epoch += phase.epochs
+                continue
+            if phase_index == resume.state["phase_index"]:
+                done = int(resume.state["phase_epoch"])
         params = set_trainable(model, phase.trainable)
         optimizer = make_optimizer(params, phase, cfg.train.betas, cfg.train.weight_decay)
         scheduler = make_scheduler(optimizer, phase)
-        for phase_epoch in range(1, phase.epochs + 1):
+        if done:
+            restore_optimizer(optimizer, scheduler, resume)
+            epoch += done
+        for phase_epoch in range(done + 1, phase.epochs + 1):
             epoch += 1
             lr = optimizer.param_groups[0]["lr"]
-            stats = train_epoch(
-                model, data, train_idx, optimizer,
-                batch_size=phase.batch_size, seed=seed, epoch=epoch, device=device,
-                adversary=adversary, augment=augment, amp=cfg.train.amp, progress=progress,
-                desc=f"{name} {phase_name} {phase_epoch}/{phase.epochs}".strip(),
-                frozen_bn_eval=frozen_bn_eval,
-            )
+            try:
+                stats = train_epoch(
+                    model, data, train_idx, optimizer,
+                    batch_size=phase.batch_size, seed=seed, epoch=epoch, device=device,
+                    adversary=adversary, augment=augment, amp=cfg.train.amp, progress=progress,
+                    desc=f"{name} {phase_name} {phase_epoch}/{phase.epochs}".strip(),
+                    frozen_bn_eval=frozen_bn_eval,
+                )
+            except NonFiniteLoss as exc:
+                kept = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint_dir}"
+                        if saved_epoch is not None else "no epoch finished, nothing was saved")
+                raise NonFiniteLoss(
+                    f"{name or 'model'}: {exc} ({phase_name} epoch {phase_epoch}/{phase.epochs}); {kept}; "
+                    f"lower train.{phase_name}.lr or check the training images",
+                    epoch=exc.epoch, batch=exc.batch, n_batches=exc.n_batches, value=exc.value,
+                ) from None
             scheduler.step()
             bs = cfg.train.eval_batch_size
             rec: dict[str, Any] = {
@@ -124,6 +181,14 @@ def fit(
             history.append(rec)
             if history_path is not None:
                 append_jsonl(history_path, rec)
+            if checkpoint_dir is not None:
+                save_training_state(
+                    checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                    position={"epoch": epoch, "phase_index": phase_index, "phase": phase_name,
+                              "phase_epoch": phase_epoch, "plan": plan, "start_epoch": start_epoch},
+                    history=history, fingerprint=fingerprint,
+                )
+                saved_epoch = epoch
             if tb_writer is not None:
                 for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy", "images_per_second"):
                     if rec[k] is not None:
@@ -135,6 +200,25 @@ def fit(
     for p in model.parameters():  # leave the model fully trainable, as built
         p.requires_grad_(True)
     return history
+
+
+def _find_resume(
+    checkpoint_dir: Path, fingerprint: str, plan: list[list[Any]], start_epoch: int, name: str
+) -> Checkpoint | None:
+    """The checkpoint to resume from, or None (stale temporaries and unusable checkpoints removed)."""
+    clean_temporaries(checkpoint_dir)
+    ck = load_latest(checkpoint_dir, fingerprint=fingerprint)
+    if ck is None:
+        remove_checkpoints(checkpoint_dir)
+        return None
+    if ck.state.get("plan") != plan or ck.state.get("start_epoch") != start_epoch:
+        warnings.warn(
+            f"{ck.path} was written for another phase plan ({ck.state.get('plan')}, not {plan}); "
+            f"training {name or 'the model'} from the start", stacklevel=3,
+        )
+        remove_checkpoints(checkpoint_dir)
+        return None
+    return ck
 
 
 def tuned_hyperparameters(run_dir: Path) -> dict[str, Any] | None:
@@ -196,8 +280,14 @@ def train_one(
     progress: bool = True,
     tuned: dict[str, Any] | None = None,
 ) -> Path:
-    """Build, train, evaluate and save one model into ``model_dir``."""
-    from robsal.models import build_model, save
+    """Build, train, evaluate and save one model into ``model_dir``.
+
+    Training checkpoints every epoch into ``model_dir/checkpoint/`` and resumes from there
+    when a matching checkpoint exists (see :func:`fit`); once ``model.safetensors`` and
+    ``model.json`` are written the checkpoints are deleted (the model directory then holds
+    only the final model, as before checkpoints existed).
+    """
+    from robsal.models import build_model
 
     seed = cfg.seed if spec.seed is None else spec.seed
     train_idx = data.indices("train")
@@ -212,8 +302,9 @@ def train_one(
         model = model.to(memory_format=torch.channels_last)
     history_path = model_dir / "history.jsonl"
     model_dir.mkdir(parents=True, exist_ok=True)
-    if history_path.exists():
-        history_path.unlink()  # a model is retrained from scratch, never continued
+    clean_temporaries(model_dir)  # left by a killed earlier attempt (the run lock is held)
+    checkpoint_dir = model_dir / "checkpoint"
+    fp = training_fingerprint(cfg, spec)
     rng = np.random.default_rng(seed)
     train_eval_idx = np.sort(rng.choice(train_idx, size=min(TRAIN_ACCURACY_IMAGES, len(train_idx)), replace=False))
     adversary = adversary_for(cfg, spec.eps)
@@ -223,30 +314,34 @@ def train_one(
         model, data, train_idx, [("phase1", cfg.train.phase1), ("phase2", cfg.train.phase2)],
         cfg=cfg, seed=seed, device=device, adversary=adversary, augment=make_augment(cfg.augment),
         val_idx=data.indices("val"), train_eval_idx=train_eval_idx, history_path=history_path,
-        progress=progress, name=spec.name, tb_writer=tb,
+        progress=progress, name=spec.name, tb_writer=tb, checkpoint_dir=checkpoint_dir, fingerprint=fp,
     )
     train_seconds = time.perf_counter() - start
     if tb is not None:
         tb.close()
     metrics = evaluate_model(model, data, cfg, device=device, progress=progress, desc=spec.name)
-    save(
-        model.to(memory_format=torch.contiguous_format), model_dir,
-        name=spec.name,
-        eps=float(spec.eps),
-        eps_l2=adversary.eps if adversary is not None else 0.0,
-        adversary=None if adversary is None else {
-            "norm": adversary.norm, "steps": adversary.steps, "step_size": adversary.step_size,
-            "random_start": adversary.random_start,
-        },
-        seed=seed,
-        tuned=tuned,
-        config=cfg.to_dict(),
-        commit=git_commit(),
-        fingerprint=training_fingerprint(cfg, spec),
-        train_seconds=train_seconds,
-        epochs=len(history),
-        metrics=metrics,
-    )
+    from robsal.models import save
+
+    with signals.deferred():  # model.safetensors and model.json are written as a pair
+        save(
+            model.to(memory_format=torch.contiguous_format), model_dir,
+            name=spec.name,
+            eps=float(spec.eps),
+            eps_l2=adversary.eps if adversary is not None else 0.0,
+            adversary=None if adversary is None else {
+                "norm": adversary.norm, "steps": adversary.steps, "step_size": adversary.step_size,
+                "random_start": adversary.random_start,
+            },
+            seed=seed,
+            tuned=tuned,
+            config=cfg.to_dict(),
+            commit=git_commit(),
+            fingerprint=fp,
+            train_seconds=train_seconds,
+            epochs=len(history),
+            metrics=metrics,
+        )
+    remove_checkpoints(checkpoint_dir)  # the finished model replaces its epoch checkpoints
     return model_dir
 
 
@@ -263,6 +358,7 @@ def train_models(
 
     ``data`` defaults to the run's prepared data (``RUN/splits.csv``; prepared now if absent).
     ``names`` restricts training to some models (unknown names raise ConfigError).
+    Interrupted training resumes from each model's epoch checkpoint (:func:`train_one`).
     """
     run_dir = Path(run_dir)
     if data is None:
@@ -274,12 +370,14 @@ def train_models(
     tuned = tuned_hyperparameters(run_dir)
     cfg_t = apply_tuned(cfg, tuned)
     out: dict[str, Path] = {}
-    for spec in specs:
-        model_dir = run_dir / "models" / spec.name
-        if is_complete(model_dir, training_fingerprint(cfg_t, spec)):
-            if progress:
-                print(f"{spec.name}: already trained, skipping", flush=True)
-        else:
-            train_one(cfg_t, spec, data, model_dir, device=dev, progress=progress, tuned=tuned)
-        out[spec.name] = model_dir
+    with RunLock(run_dir, reentrant=True):  # one writer of the checkpoints (`robsal run` may hold it already)
+        for spec in specs:
+            model_dir = run_dir / "models" / spec.name
+            if is_complete(model_dir, training_fingerprint(cfg_t, spec)):
+                remove_checkpoints(model_dir / "checkpoint")  # left if killed right after the final save
+                if progress:
+                    print(f"{spec.name}: already trained, skipping", flush=True)
+            else:
+                train_one(cfg_t, spec, data, model_dir, device=dev, progress=progress, tuned=tuned)
+            out[spec.name] = model_dir
     return out
