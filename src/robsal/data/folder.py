@@ -56,6 +56,9 @@ def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIn
                 if cand.is_file():
                     mask = cand
                     break
+            if mask is not None and not inside(mroot, mask):
+                problems.add(f"{mask}: mask links outside the mask folder {mroot}; copy the file in instead")
+                mask = None
             rows.append({"image_id": iid, "lesion_id": iid, "label": label, "path": str(path),
                          "mask_path": str(mask) if mask else None})
     table = pd.DataFrame(rows, columns=INDEX_COLUMNS)

@@ -91,7 +91,15 @@ def read_metadata(path: Path, problems: Problems) -> pd.DataFrame | None:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         problems.add(f"{path}: cannot read the metadata CSV ({str(exc).splitlines()[0]}); fix or replace the file")
         return None
-    table.columns = [c.strip().lower() for c in table.columns]
+    names = [str(c).strip().lower() for c in table.columns]
+    dup = sorted({c for c in names if names.count(c) > 1 and c in REQUIRED_COLUMNS})
+    if dup:
+        problems.add(
+            f"{path}: the metadata has the column {dup[0]!r} more than once (names ignore case and spaces); "
+            "keep one"
+        )
+        return None
+    table.columns = names
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         problems.add(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from robsal.data import synthetic
 from robsal.data.cache import default_cache_dir, load_arrays
 from robsal.data.folder import read_folder
 from robsal.data.ham10000 import find_metadata, read_ham10000
-from robsal.data.index import DatasetIndex, Problems, check_root
+from robsal.data.index import INDEX_COLUMNS, DatasetIndex, Problems, check_root, inside
 from robsal.data.prepared import PreparedData
 from robsal.data.splits import check_splits, make_splits, read_splits, write_splits
 from robsal.errors import DataError
@@ -97,6 +98,33 @@ def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path |
     return splits
 
 
+def check_contained(index: DatasetIndex, rows=None) -> None:  # rows: DataFrame of index.table rows
+    """Every image and mask file of ``rows`` (default: the whole index) lies inside the dataset.
+
+    Images must lie inside ``index.root`` (links resolved); masks too, or, for the folder
+    layout, inside its sibling ``<root>_masks`` folder. The loaders already refuse ids and
+    files that leave the root; this is the last check before any file is opened, whatever
+    produced the index. Raises DataError naming the image and the file.
+    """
+    from robsal.data.folder import masks_root
+
+    table = index.table if rows is None else rows
+    roots = [Path(os.path.realpath(index.root))]
+    mask_roots = roots + ([Path(os.path.realpath(masks_root(Path(index.root))))] if index.layout == "folder" else [])
+    for col in [c for c in INDEX_COLUMNS if c == "path" or c.endswith("_path")]:
+        if col not in table.columns:
+            continue
+        allowed = roots if col == "path" else mask_roots
+        for image_id, value in zip(table["image_id"], table[col]):
+            if value is None or (isinstance(value, float) and value != value) or value == "":
+                continue
+            if not any(inside(r, Path(value)) for r in allowed):
+                raise DataError(
+                    f"image {image_id}: {col} {value} lies outside the dataset folder {index.root}; "
+                    "dataset files must be inside the folder passed with --data"
+                )
+
+
 def check_classes(index: DatasetIndex, classes: list[str]) -> None:
     have = index.classes
     unknown = [c for c in classes if c not in have]
@@ -114,6 +142,7 @@ def prepare(cfg: Config, run_dir: str | Path | None = None, *, progress: bool = 
     check_classes(index, cfg.data.classes)
     splits = make_or_reuse_splits(cfg, index, run_dir)
     rows = index.table.set_index("image_id").loc[splits["image_id"]].reset_index()
+    check_contained(index, rows)
     arrays = load_arrays(
         rows, cfg.data.image_size, center_crop=cfg.data.center_crop, with_artifacts=index.has_artifact_masks,
         cache_dir=cfg.data.cache_dir, progress=progress,
