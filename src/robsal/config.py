@@ -22,6 +22,7 @@ Set ``adversary.eps_reference_size: null`` to give raw L2 radii instead.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -293,7 +294,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):  # also NaN and inf
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -313,6 +315,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
+def _show_key(key: Any) -> str:
+    """A key as typed when it is a plain name, else quoted (keeps error messages on one line)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -320,7 +327,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown config key {where}{unknown[0]!s}; valid keys{' in ' + prefix if prefix else ''}: "
+            f"unknown config key {where}{_show_key(unknown[0])}; valid keys{' in ' + prefix if prefix else ''}: "
             + ", ".join(sorted(names))
         )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
@@ -426,6 +433,8 @@ def _resolve_yaml(config: str | Path, seen: tuple[str, ...]) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Validate a plain mapping (e.g. a run's ``config.yaml``) into a :class:`Config`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = _from_dict(Config, data)
     validate(cfg)
     return cfg
@@ -446,6 +455,11 @@ def validate(cfg: Config) -> None:
         if not cond:
             raise ConfigError(f"{key}: {msg}")
 
+    _check_numbers(cfg.to_dict())
+    seeds = {"seed": cfg.seed, "data.seed": cfg.data.seed, "data.synth.seed": cfg.data.synth.seed}
+    seeds.update({f"models.{m.name}.seed": m.seed for m in cfg.models if m.seed is not None})
+    for key, v in seeds.items():
+        need(0 <= v < 2**63, key, f"must lie in [0, 2**63), got {v}")
     d = cfg.data
     need(d.image_size >= 16, "data.image_size", f"must be >= 16 px, got {d.image_size}")
     need(len(d.classes) >= 2, "data.classes", "needs at least two classes")
@@ -478,10 +492,15 @@ def validate(cfg: Config) -> None:
         need(p.lr > 0, f"train.{ph}.lr", "must be > 0")
         need(0 < p.lr_decay <= 1, f"train.{ph}.lr_decay", "must lie in (0, 1]")
     need(len(cfg.train.betas) == 2, "train.betas", "needs two values")
+    need(all(0 <= b < 1 for b in cfg.train.betas), "train.betas", "must lie in [0, 1)")
     need(cfg.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(cfg.train.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+    need(cfg.train.num_workers >= 0, "train.num_workers", "must be >= 0")
     adv = cfg.adversary
     need(adv.steps >= 1, "adversary.steps", f"must be >= 1, got {adv.steps}")
     need(adv.step_size_factor > 0, "adversary.step_size_factor", "must be > 0")
+    need(adv.eps_reference_size is None or adv.eps_reference_size >= 1, "adversary.eps_reference_size",
+         "must be >= 1 px or null")
     need(len(cfg.models) >= 1, "models", "lists no model to train")
     names = [m.name for m in cfg.models]
     need(len(set(names)) == len(names), "models", "two models share a name")
@@ -494,6 +513,8 @@ def validate(cfg: Config) -> None:
         )
     need(all(e >= 0 for e in cfg.robustness.eps), "robustness.eps", "must be >= 0")
     need(cfg.robustness.steps >= 1, "robustness.steps", "must be >= 1")
+    need(cfg.robustness.max_images is None or cfg.robustness.max_images >= 1, "robustness.max_images",
+         "must be >= 1 or null")
     need(cfg.saliency.n_per_class >= 1, "saliency.n_per_class", "must be >= 1")
     need(cfg.saliency.ig_steps >= 1, "saliency.ig_steps", "must be >= 1")
     need(cfg.saliency.smoothgrad_samples >= 1, "saliency.smoothgrad_samples", "must be >= 1")
@@ -508,3 +529,21 @@ def validate(cfg: Config) -> None:
     need(cfg.metrics.sensitivity_samples >= 1, "metrics.sensitivity_samples", "must be >= 1")
     need(cfg.metrics.batch_size >= 1, "metrics.batch_size", "must be >= 1")
     need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
+    need(all(lr > 0 for lr in cfg.tune.lrs), "tune.lrs", "must all be > 0")
+    need(all(b >= 1 for b in cfg.tune.batch_sizes), "tune.batch_sizes", "must all be >= 1")
+
+
+def _check_numbers(obj: Any, key: str = "") -> None:
+    """Every float is finite and every integer fits in 64 bits (NaN, inf and 10**30 are typos)."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{key}: must be a finite number, got {obj}")
+    if isinstance(obj, int) and not -(2**63) <= obj < 2**63:
+        raise ConfigError(f"{key}: {obj} is too large")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_numbers(v, f"{key}[{i}]")
