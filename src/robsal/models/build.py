@@ -123,7 +123,13 @@ def load_pretrained(net: nn.Module, path: str | Path) -> None:
     if not path.exists():
         raise CheckpointError(f"pretrained weights {path} do not exist; pass --pretrained PATH to a torchvision checkpoint")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own types on corrupt or foreign files
+            raise CheckpointError(
+                f"refusing to load {path}: not a valid safetensors file ({str(exc).splitlines()[0]}); "
+                "use a torchvision .pth checkpoint or a .safetensors file"
+            ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -135,7 +141,7 @@ def load_pretrained(net: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     own = net.state_dict()
-    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    keep = {k: v for k, v in state.items() if k in own and torch.is_tensor(v) and own[k].shape == v.shape}
     missing = [k for k in own if k not in keep and not _is_head_key(net, k)]
     head_prefixes = tuple(name + "." for name, mod in net.named_children() if mod is _head_of(net))
     extra = [k for k in state if k not in own and not k.startswith(head_prefixes)]
