@@ -137,7 +137,7 @@ def test_cli_sweep_on_a_finished_sweep_and_bad_grid(killed_and_resumed, capsys):
     out = killed_and_resumed["out"]
     sets = [a for o in SWEEP_OVERRIDES for a in ("--set", o)]
     rc = main(["sweep", "--config", "tiny", *sets, "--grid", GRID, "--out", str(out), "--images", "all",
-               "--no-progress"])
+               "--no-progress", "--no-figures"])
     text = capsys.readouterr().out
     assert rc == 0 and "eps 0 (2 seeds): clean" in text and "eps 1 (2 seeds)" in text
     rc = main(["sweep", "--config", "tiny", "--grid", "eps=0,x", "--out", str(out)])

@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="whether higher or lower is better (default: known per metric)")
     s.add_argument("--band", default="3,5", help="eps band whose share of optima is reported (default: 3,5)")
     s.add_argument("--figure-method", default="gradient", help="method of the Figure 10/11 grids (default: gradient)")
+    s.add_argument("--no-figures", action="store_true", help="write the tables only")
     s.add_argument("--ray-address", default=None,
                    help="train the cells as Ray tasks: auto, ADDR (ray://host:port or host:port), or local")
     s.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per Ray task (default: 1)")
@@ -118,7 +119,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(
         cfg, args.grid, out, device=args.device, progress=not args.no_progress, images=args.images,
         retries=args.retries, ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
-        optimum=optimum, figure_method=args.figure_method,
+        optimum=optimum, figure_method=args.figure_method, figures=not args.no_figures,
     )
     if result.table is not None:
         for line in summary_lines(result.table, result.optimum):
