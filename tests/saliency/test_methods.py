@@ -221,13 +221,21 @@ def test_gradcam_repeats_one_map_over_channels(small_cnn, images):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_no_hooks_left_mode_restored_no_param_grads(resnet32, method):
+def test_no_hooks_left_mode_and_requires_grad_restored_no_param_grads(resnet32, method):
     # (seed 11: a uniform IG baseline drawn with the default seed 0 would equal an
     # image drawn with seed 0, and IG would be exactly zero)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
     resnet32.train()
     before = hook_count(resnet32)
-    a = explain(resnet32, x, torch.tensor([0, 2]), method, **FAST.get(method, {}))
+    frozen = resnet32.net.fc.weight
+    frozen.requires_grad_(False)  # a parameter the caller froze stays frozen
+    flags = [p.requires_grad for p in resnet32.parameters()]
+    try:
+        a = explain(resnet32, x, torch.tensor([0, 2]), method, **FAST.get(method, {}))
+        assert [p.requires_grad for p in resnet32.parameters()] == flags  # restored, one by one
+    finally:
+        frozen.requires_grad_(True)
+    assert flags.count(False) == 1
     assert hook_count(resnet32) == before == 0
     assert resnet32.training  # restored
     assert all(p.grad is None for p in resnet32.parameters())

@@ -1,0 +1,311 @@
+"""Fast paths of robsal.saliency.explain give the plain results.
+
+* ``explain(fast=True)`` (input-gradient view, frozen parameters) against
+  ``explain(fast=False)`` (Captum on the model as given): within 1e-5 of each map's
+  maximum, every forward value bitwise equal;
+* each stand-in of the view against the module it replaces (values, gradients,
+  ties and NaN in max pooling, channels-last inputs);
+* batched IG and SmoothGrad against Captum / autograd called one image at a time on
+  the same baselines and noise;
+* the caller's model comes back as it was (mode, every parameter's requires_grad,
+  submodules), also when the method fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from torch import nn
+
+from robsal.errors import ConfigError
+from robsal.saliency import METHODS, explain, integrated_gradients_with_delta, make_baseline
+from robsal.saliency.methods import input_gradient_view
+
+from .conftest import hook_count
+
+INPUT_GRADIENT_METHODS = [name for name, m in METHODS.items() if m.input_gradients]
+OPTIONS = {
+    "integrated_gradients": {"n_steps": 6, "baseline": "gaussian"},
+    "integrated_gradients_uniform": {"n_steps": 6},
+    "integrated_gradients_gaussian": {"n_steps": 6},
+    "smoothgrad": {"n_samples": 4, "inner_batch": 6},
+    "smoothgrad_sq": {"n_samples": 4},
+}
+
+
+def assert_maps_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
+    """|a - b| <= rel x max|b| for every map (image) of (N, C, H, W)."""
+    scale = b.abs().amax(dim=(1, 2, 3))
+    assert (scale > 0).all()
+    err = (a - b).abs().amax(dim=(1, 2, 3)) / scale
+    assert err.max().item() <= rel, err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for this module (restored after): on the shared 2-core machine
+    two spin-waiting threads made the single-image reference loops several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def images32() -> torch.Tensor:
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+
+
+def test_registry_marks_the_input_gradient_methods():
+    assert set(INPUT_GRADIENT_METHODS) == {
+        "gradient",
+        "input_x_gradient",
+        "integrated_gradients",
+        "integrated_gradients_uniform",
+        "integrated_gradients_gaussian",
+        "smoothgrad",
+        "smoothgrad_sq",
+    }
+
+
+def test_view_replaces_layers_shares_parameters_and_computes_the_same_forward(resnet32, images32):
+    view = input_gradient_view(resnet32)
+    kinds = [type(m).__name__ for m in view.modules()]
+    assert kinds.count("_EvalBatchNorm") == sum(isinstance(m, nn.BatchNorm2d) for m in resnet32.modules()) == 20
+    assert kinds.count("_ChannelsLastMaxPool") == 1 and kinds.count("_ImageConv") == 1  # the stem
+    assert type(view.net.layer3[1].bn2).__name__ == "_EvalBatchNorm" and type(view.net.conv1).__name__ == "_ImageConv"
+    # the caller's model is untouched and shares every tensor with the view
+    assert type(resnet32.net.bn1) is nn.BatchNorm2d and type(resnet32.net.maxpool) is nn.MaxPool2d
+    assert view.net.conv1.conv is resnet32.net.conv1 and view.net.layer1[0].conv1 is resnet32.net.layer1[0].conv1
+    x = images32.clone().requires_grad_(True)
+    out_view = view(x)
+    out_model = resnet32(images32)
+    assert torch.equal(out_view, out_model)  # bitwise: no ReLU / max-pool decision can flip
+    (g_view,) = torch.autograd.grad(out_view[:, 1].sum(), x)
+    x2 = images32.clone().requires_grad_(True)
+    (g_model,) = torch.autograd.grad(resnet32(x2)[:, 1].sum(), x2)
+    assert_maps_close(g_view, g_model)
+    # the view's parameters and state are the model's own tensors
+    assert [id(p) for p in view.parameters()] == [id(p) for p in resnet32.parameters()]
+    assert sorted(id(b) for b in view.buffers()) == sorted(id(b) for b in resnet32.buffers())
+    # a view of a view is the view (no stand-in wraps a stand-in)
+    again = input_gradient_view(view)
+    assert again.net.bn1 is view.net.bn1 and again.net.maxpool is view.net.maxpool
+
+
+@pytest.mark.parametrize("method", INPUT_GRADIENT_METHODS)
+def test_fast_equals_plain(resnet32, images32, method):
+    t = torch.tensor([0, 1, 2])
+    opts = dict(OPTIONS.get(method, {}), **({"seed": 3} if METHODS[method].random else {}))
+    fast = explain(resnet32, images32, t, method, **opts)
+    plain = explain(resnet32, images32, t, method, fast=False, **opts)
+    assert fast.dtype == torch.float32 and fast.shape == images32.shape
+    assert_maps_close(fast, plain)
+
+
+def test_fast_equals_plain_for_a_channels_last_model(resnet32, images32):
+    """A model and images already in channels-last layout: the max-pool and image-conv
+    stand-ins step aside (they serve NCHW inputs), BatchNorm's works in any layout."""
+    import copy
+
+    model = copy.deepcopy(resnet32).to(memory_format=torch.channels_last)
+    x = images32.contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([2, 0, 1])
+    for method in ("gradient", "integrated_gradients_uniform"):
+        fast = explain(model, x, t, method, **OPTIONS.get(method, {}))
+        plain = explain(model, x, t, method, fast=False, **OPTIONS.get(method, {}))
+        assert_maps_close(fast, plain)
+
+
+def test_ig_delta_fast_equals_plain(smooth_cnn, images):
+    t = torch.tensor([0, 1, 2, 0])
+    a_fast, d_fast = integrated_gradients_with_delta(smooth_cnn, images, t, n_steps=8, seed=4)
+    a_plain, d_plain = integrated_gradients_with_delta(smooth_cnn, images, t, n_steps=8, seed=4, fast=False)
+    assert_maps_close(a_fast, a_plain)
+    torch.testing.assert_close(d_fast, d_plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.MaxPool2d(3, 2, 1),
+        nn.MaxPool2d(2),
+        nn.MaxPool2d(3, stride=1, padding=1),
+        nn.MaxPool2d((3, 2), stride=(2, 1), ceil_mode=True),
+        nn.MaxPool2d(2, dilation=2),
+    ],
+)
+def test_max_pool_stand_in_is_exact_with_ties_and_nan(pool):
+    """Integer-valued inputs tie in almost every window; both kernels must keep the same
+    (first) maximum, so values and gradients are bitwise equal."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (2, 5, 11, 13), generator=g).float()
+    x[0, 1, 2, 3] = float("nan")
+    view = input_gradient_view(nn.Sequential(pool))
+    assert type(view[0]).__name__ == "_ChannelsLastMaxPool"
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya, yb = view(xa), pool(xb)
+    assert ya.is_contiguous() and torch.equal(ya.nan_to_num(-1), yb.nan_to_num(-1))
+    w = torch.randn(ya.shape, generator=g)
+    (ga,) = torch.autograd.grad((ya.nan_to_num(0) * w).sum(), xa)
+    (gb,) = torch.autograd.grad((yb.nan_to_num(0) * w).sum(), xb)
+    assert ga.is_contiguous() and torch.equal(ga, gb)
+    assert (gb != 0).sum() > 10
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False),
+        nn.Conv2d(1, 4, (3, 5), stride=(1, 2), padding=(1, 2)),
+        nn.Conv2d(4, 6, 3),
+    ],
+)
+def test_image_conv_stand_in(conv):
+    torch.manual_seed(0)
+    x = torch.rand(3, conv.in_channels, 17, 19)
+    view = input_gradient_view(nn.Sequential(conv))
+    assert type(view[0]).__name__ == "_ImageConv"
+    for p in conv.parameters():
+        p.requires_grad_(False)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya, yb = view(xa), conv(xb)
+    assert torch.equal(ya, yb)
+    w = torch.randn(ya.shape)
+    (ga,) = torch.autograd.grad((ya * w).sum(), xa)
+    (gb,) = torch.autograd.grad((yb * w).sum(), xb)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+
+
+def test_layers_the_view_keeps():
+    """Deeper convolutions, training-mode or statistics-free BatchNorm, subclasses and
+    hooked modules keep their own forward."""
+
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    hooked = nn.MaxPool2d(2)
+    hooked.register_forward_hook(lambda *a: None)
+    bn_train = nn.BatchNorm2d(3).train()
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 3), bn_train, nn.BatchNorm2d(3, track_running_stats=False).eval(), MyBN(3).eval(), hooked
+    )
+    view = input_gradient_view(model)
+    assert all(v is m for v, m in zip(view, model))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_batch_norm_stand_in(affine):
+    g = torch.Generator().manual_seed(0)
+    for bn, shape in ((nn.BatchNorm2d(5, affine=affine), (4, 5, 6, 7)), (nn.BatchNorm1d(5, affine=affine), (4, 5))):
+        bn.running_mean.copy_(torch.randn(5, generator=g))
+        bn.running_var.copy_(torch.rand(5, generator=g) + 0.1)
+        if affine:
+            nn.init.normal_(bn.weight)
+            nn.init.normal_(bn.bias)
+            bn.requires_grad_(False)
+        bn.eval()
+        view = input_gradient_view(nn.Sequential(bn))
+        assert type(view[0]).__name__ == "_EvalBatchNorm"
+        x = torch.randn(shape, generator=g)
+        xa = x.clone().requires_grad_(True)
+        xb = x.clone().requires_grad_(True)
+        ya, yb = view(xa), bn(xb)
+        assert torch.equal(ya, yb)
+        w = torch.randn(shape, generator=g)
+        (ga,) = torch.autograd.grad((ya * w).sum(), xa)
+        (gb,) = torch.autograd.grad((yb * w).sum(), xb)
+        torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-7)
+
+
+def test_batched_ig_equals_captum_per_image(resnet32, images32):
+    """explain (all images and steps batched, fast view) == Captum's IntegratedGradients
+    called once per image on the plain model with the same baselines."""
+    t = torch.tensor([1, 2, 0])
+    ours = explain(resnet32, images32, t, "integrated_gradients_uniform", n_steps=8, seed=5, inner_batch=5)
+    base = make_baseline(images32, "uniform", generator=torch.Generator().manual_seed(5))
+    ref = torch.cat(
+        [
+            IntegratedGradients(resnet32).attribute(
+                images32[i : i + 1].clone().requires_grad_(True),
+                baselines=base[i : i + 1],
+                target=int(t[i]),
+                n_steps=8,
+                method="gausslegendre",
+            )
+            for i in range(3)
+        ]
+    ).detach()
+    assert_maps_close(ours, ref)
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "smoothgrad_sq"])
+def test_batched_smoothgrad_equals_per_image_gradients(resnet32, images32, method):
+    """SmoothGrad of 3 images x 5 samples, 2 samples per pass (6 forward passes, then a
+    last pass of 1 sample) == the mean of plain per-image autograd gradients at the
+    same noisy points. NoiseTunnel draws the noise from the global RNG seeded with
+    ``seed``: one normal draw per pass, images major, samples minor."""
+    n, k, per_pass, sigma, seed = 3, 5, 2, 0.2, 8
+    t = torch.tensor([0, 2, 1])
+    ours = explain(resnet32, images32, t, method, n_samples=k, noise=sigma, seed=seed, inner_batch=n * per_pass)
+    rows = []  # (N*S, C, H, W) noisy images, in Captum's order per pass
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for s in (per_pass, per_pass, k - 2 * per_pass):
+            noise = torch.normal(0, torch.tensor(sigma).repeat((n * s, *images32.shape[1:])))
+            rows.append((images32.repeat_interleave(s, dim=0) + noise).view(n, s, *images32.shape[1:]))
+    noisy = torch.cat(rows, dim=1)  # (N, S, C, H, W)
+    grads = torch.zeros_like(noisy)
+    for i in range(n):
+        for s in range(k):
+            xi = noisy[i, s : s + 1].clone().requires_grad_(True)
+            (grads[i, s],) = torch.autograd.grad(resnet32(xi)[0, t[i]], xi)
+    ref = grads.mean(1) if method == "smoothgrad" else (grads**2).mean(1)
+    assert_maps_close(ours, ref)
+
+
+class _Recorder(nn.Module):
+    """A small CNN that records, at every forward, whether any parameter requires grad
+    and whether it is in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((any(p.requires_grad for p in self.parameters()), self.training))
+        return self.fc(self.body(x).flatten(1))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_requires_grad_and_mode_restored(method, images):
+    torch.manual_seed(0)
+    model = _Recorder().train()
+    model.fc.bias.requires_grad_(False)  # a caller's frozen parameter stays frozen
+    flags = [p.requires_grad for p in model.parameters()]
+    modules = dict(model.named_modules())
+    opts = {"n_steps": 3} if method.startswith("integrated") else {"n_samples": 2} if method.startswith("smooth") else {}
+    explain(model, images, torch.tensor([0, 1, 2, 0]), method, **opts)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert model.training and hook_count(model) == 0
+    assert dict(model.named_modules()) == modules  # the same module objects
+    assert all(p.grad is None for p in model.parameters())
+    # during the call: eval mode and (fast path) no parameter requiring grad
+    assert model.seen and model.seen == [(False, False)] * len(model.seen)
+    model.seen.clear()
+    explain(model, images, torch.tensor([0, 1, 2, 0]), method, fast=False, **opts)
+    assert any(rg for rg, _ in model.seen)  # the plain path leaves the parameters alone
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_state_restored_when_the_method_fails(images):
+    torch.manual_seed(0)
+    model = _Recorder().train()
+    with pytest.raises(ConfigError, match="n_steps"):
+        explain(model, images, torch.tensor([0, 1, 2, 0]), "integrated_gradients", n_steps=0)
+    assert model.training and all(p.requires_grad for p in model.parameters())
