@@ -5,19 +5,26 @@ with Captum's defaults: IG evaluated all ``n_steps`` interpolation points in one
 forward pass per image, NoiseTunnel ran its ``nt_samples`` noisy copies in one pass
 per image, Occlusion evaluated one window per forward pass. robsal batches the
 images and the inner work together (``internal_batch_size``, ``nt_samples_batch_size``,
-``perturbations_per_eval``). Both run here on the same model, the same images and the
-same settings, in one process, so the printed ratios are measured in one run.
+``perturbations_per_eval``) and, for the input-gradient methods, runs Captum on the
+model's input-gradient view (``explain(fast=True)``, the default; see
+``robsal.saliency.methods``). All ways run here on the same model, the same images and
+the same settings, in one process, so the printed ratios are measured in one run.
 
     python bench/saliency_speed.py                      # ResNet-18, 64 px, CPU
     python bench/saliency_speed.py --size 224 --n 16 --device cuda
 
-Output: one line per method with maps/s for both (best of ``--repeats``) and the
-speed-up robsal / per-image (median over the alternated repeats).
+Output: the device, the load average at start and end, and one line per method with
+maps/s of robsal (``explain``), of ``explain(fast=False)`` ("plain": batching only)
+and of the per-image reference (best of ``--repeats``), and the speed-up per-image
+time / robsal time (median over the alternated repeats) in wall time and, on CPU, in
+CPU time of the process (less sensitive to other processes sharing the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 import warnings
 
@@ -62,7 +69,7 @@ def per_image_reference(model, x, t, method, args):
     return torch.cat(out)
 
 
-def ours(model, x, t, method, args):
+def ours(model, x, t, method, args, fast=True):
     opts = {}
     if method.startswith("integrated"):
         opts = {"n_steps": args.ig_steps, "inner_batch": args.inner_batch}
@@ -70,41 +77,49 @@ def ours(model, x, t, method, args):
         opts = {"n_samples": args.sg_samples, "noise": 0.15, "inner_batch": args.inner_batch}
     elif method == "occlusion":
         opts = {"inner_batch": args.inner_batch}
-    return explain(model, x, t, method, batch_size=args.batch_size, **opts)
+    return explain(model, x, t, method, batch_size=args.batch_size, fast=fast, **opts)
 
 
-def _seconds(fn, device) -> float:
+def _seconds(fn, device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def timed_pair(fn_a, fn_b, device, repeats):
-    """Alternate a and b ``repeats`` times (so load drift on a shared machine hits both);
-    return (best a, best b, median of the per-repeat ratios b / a)."""
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_seconds(fn_a, device))
-        b.append(_seconds(fn_b, device))
-    ratios = sorted(y / x for x, y in zip(a, b))
-    return min(a), min(b), ratios[len(ratios) // 2]
+def timed(fns: dict, device, repeats: int) -> dict:
+    """Run every function of ``fns`` once per repeat, in a rotated order each repeat (so
+    load drift on a shared machine and position effects hit all of them); return
+    {name: [(wall, cpu), ...]}."""
+    names = list(fns)
+    out = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            out[k].append(_seconds(fns[k], device))
+    return out
+
+
+def _median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=64, help="image side, px")
     p.add_argument("--n", type=int, default=8, help="images")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--ig-steps", type=int, default=32)
     p.add_argument("--sg-samples", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=None, help="robsal: images per call (default all)")
     p.add_argument("--inner-batch", type=int, default=64, help="robsal: forward passes batched together (explain default: 64)")
-    p.add_argument("--repeats", type=int, default=2, help="best of this many timings")
+    p.add_argument("--repeats", type=int, default=3, help="alternated timings of each way")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-plain", action="store_true", help="skip the explain(fast=False) column")
     p.add_argument(
         "--methods", nargs="+", default=["gradient", "integrated_gradients_uniform", "smoothgrad", "occlusion", "gradcam"]
     )
@@ -113,24 +128,43 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
     torch.manual_seed(0)
     model = build_model("resnet18", ["mel", "nv", "bkl"], image_size=args.size).to(device).eval()
     x = torch.rand(args.n, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
     t = torch.arange(args.n, device=device) % 3
+    print(f"device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores")
     print(
-        f"ResNet-18, {args.n} images of {args.size} px on {device} ({torch.get_num_threads()} threads); "
-        f"IG steps {args.ig_steps}, SmoothGrad samples {args.sg_samples}; {args.repeats} alternated repeats"
+        f"ResNet-18 (random weights), {args.n} images of {args.size} px; IG steps {args.ig_steps}, "
+        f"SmoothGrad samples {args.sg_samples}, inner batch {args.inner_batch}; {args.repeats} alternated repeats"
     )
-    print(f"{'method':30s} {'robsal maps/s':>14s} {'per-image maps/s':>17s} {'speed-up':>8s}")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    cpu = device.type == "cpu"
+    head = f"{'method':30s} {'robsal':>8s} {'plain':>8s} {'per-image':>9s}  {'speed-up wall':>13s}"
+    head += f" {'speed-up CPU':>12s}" if cpu else ""
+    print("maps/s (best repeat); speed-up = per-image time / robsal time, median over repeats")
+    print(head)
     for method in args.methods:
-        ours(model, x[:2], t[:2], method, args)  # warm-up (allocator, kernels)
-        a, b, ratio = timed_pair(
-            lambda: ours(model, x, t, method, args),
-            lambda: per_image_reference(model, x, t, method, args),
-            device,
-            args.repeats,
-        )
-        print(f"{method:30s} {args.n / a:14.2f} {args.n / b:17.2f} {ratio:6.2f}x")
+        fns = {
+            "robsal": lambda: ours(model, x, t, method, args),
+            "per-image": lambda: per_image_reference(model, x, t, method, args),
+        }
+        if not args.no_plain:
+            fns["plain"] = lambda: ours(model, x, t, method, args, fast=False)
+        for fn in fns.values():  # warm-up (allocator, kernels)
+            fn()
+        res = timed(fns, device, args.repeats)
+        rate = {k: args.n / min(w for w, _ in v) for k, v in res.items()}
+        wall = _median([b[0] / a[0] for a, b in zip(res["robsal"], res["per-image"])])
+        line = f"{method:30s} {rate['robsal']:8.2f} {rate.get('plain', float('nan')):8.2f} {rate['per-image']:9.2f}  {wall:12.2f}x"
+        if cpu:
+            cpu_ratio = _median([b[1] / a[1] for a, b in zip(res["robsal"], res["per-image"])])
+            line += f" {cpu_ratio:11.2f}x"
+        print(line, flush=True)
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
