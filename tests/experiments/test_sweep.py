@@ -211,3 +211,72 @@ def test_ray_sweep_gives_the_same_table(killed_and_resumed, sweep_cfg, tmp_path)
     local = pd.read_csv(killed_and_resumed["out"] / "sweep" / "table.csv")
     remote = pd.read_csv(tmp_path / "sw" / "sweep" / "table.csv")
     pd.testing.assert_frame_equal(local, remote, check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+class _FakeRay:
+    """Just enough of the ``ray`` API for the driver loop: tasks run at ``get`` and may fail."""
+
+    def __init__(self, files: dict[str, dict[str, bytes]], fail_first: set[str]) -> None:
+        self.files, self.fail_first = files, fail_first
+        self.submitted: list[str] = []
+        self.options: dict = {}
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 2.0}
+
+    def put(self, obj):
+        return obj
+
+    def remote(self, **options):
+        self.options = options
+        fake = self
+
+        class Task:
+            def remote(self, cfg_dict, name, data, tuned, threads, use_gpu):
+                fake.submitted.append(name)
+                return (name, fake.submitted.count(name))
+
+        return lambda fn: Task()
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        name, attempt = ref
+        if name in self.fail_first and (attempt == 1 or name == "eps1_seed1"):
+            raise RuntimeError(f"worker died ({name}, attempt {attempt})")
+        return self.files[name]
+
+
+def test_ray_driver_retries_once_writes_files_and_reports(killed_and_resumed, sweep_cfg, tmp_path, monkeypatch):
+    """The Ray driver loop with a fake ``ray``: same retry-once and reporting as the local loop."""
+    import sys
+
+    from robsal.experiments.sweep import CellStatus, _train_ray, cell_complete, make_cells, sweep_config
+
+    src = killed_and_resumed["out"]
+    files = {n: {p.name: p.read_bytes() for p in (src / "models" / n).iterdir() if p.is_file()} for n in CELLS}
+    fake = _FakeRay(files, fail_first={"eps0_seed1", "eps1_seed1"})  # eps1_seed1 fails every time
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    cells = make_cells([0.0, 1.0], [0, 1])
+    cfg = sweep_config(sweep_cfg, cells)
+    out = tmp_path / "sw"
+    out.mkdir()
+    shutil.copy(src / "config.yaml", out / "config.yaml")
+    statuses = {c.name: CellStatus(c.name, c.eps, c.seed) for c in cells}
+    _train_ray(cfg, out, None, cells, statuses, address="auto", cpus=1.0, gpus=None, retries=1, progress=False)
+    assert fake.options == {"num_cpus": 1.0, "num_gpus": 0.0, "max_retries": 0}
+    assert sorted(fake.submitted) == sorted(CELLS + ["eps0_seed1", "eps1_seed1"])
+    assert {n: (s.state, s.attempts) for n, s in statuses.items()} == {
+        "eps0_seed0": ("trained", 1), "eps0_seed1": ("trained", 2),
+        "eps1_seed0": ("trained", 1), "eps1_seed1": ("failed", 2),
+    }
+    assert statuses["eps1_seed1"].errors == [f"RuntimeError: worker died (eps1_seed1, attempt {k})" for k in (1, 2)]
+    # the files returned by the tasks make complete cells in the sweep directory
+    assert [cell_complete(cfg, out, c) for c in cells] == [True, True, True, False]
+    assert (out / "models" / "eps0_seed1" / "model.safetensors").read_bytes() == files["eps0_seed1"]["model.safetensors"]
+    recorded = json.loads((out / "sweep" / "cells.json").read_text())
+    assert recorded["eps1_seed1"]["state"] == "failed"
