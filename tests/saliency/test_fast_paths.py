@@ -309,3 +309,61 @@ def test_state_restored_when_the_method_fails(images):
     with pytest.raises(ConfigError, match="n_steps"):
         explain(model, images, torch.tensor([0, 1, 2, 0]), "integrated_gradients", n_steps=0)
     assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+class _Counting(nn.Module):
+    """Records the batch size of every forward pass of ``inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+def test_passes_follow_the_cpu_pixel_budget():
+    from robsal.saliency.methods import CPU_PASS_PIXELS, _passes
+
+    assert CPU_PASS_PIXELS == 8 * 224 * 224
+    assert _passes(64, torch.zeros(1, 3, 224, 224)) == 8
+    assert _passes(64, torch.zeros(1, 3, 128, 128)) == 24
+    assert _passes(64, torch.zeros(1, 3, 64, 64)) == 64  # inner_batch binds first
+    assert _passes(3, torch.zeros(1, 3, 64, 64)) == 3
+    assert _passes(64, torch.zeros(1, 3, 1024, 1024)) == 1
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients_uniform", "occlusion", "smoothgrad"])
+def test_pixel_budget_splits_passes_not_results(monkeypatch, small_cnn, images, method):
+    """With a budget of 2 images per pass, no pass is larger, and IG and occlusion
+    (whose randomness, if any, is drawn before the split) give the unsplit maps."""
+    import robsal.saliency.methods as methods
+
+    t = torch.tensor([0, 1, 2, 0])
+    opts = {"n_steps": 5} if method.startswith("integrated") else {"n_samples": 3} if method == "smoothgrad" else {}
+    counting = _Counting(small_cnn).eval()
+    whole = explain(counting, images, t, method, inner_batch=64, **opts)
+    assert max(counting.sizes) > 2
+    counting.sizes.clear()
+    monkeypatch.setattr(methods, "CPU_PASS_PIXELS", 2 * 16 * 16)
+    split = explain(counting, images, t, method, inner_batch=64, **opts)
+    assert counting.sizes and max(counting.sizes) <= 2
+    if method == "smoothgrad":  # other noise per pass layout; deterministic, same statistics
+        assert torch.equal(split, explain(counting, images, t, method, inner_batch=64, **opts))
+        assert torch.corrcoef(torch.stack([split.flatten(), whole.flatten()]))[0, 1] > 0.5
+    else:
+        assert_maps_close(split, whole)
+
+
+def test_smoothgrad_split_over_passes_is_exact_on_a_linear_model(monkeypatch):
+    import robsal.saliency.methods as methods
+
+    from .conftest import Linear
+
+    monkeypatch.setattr(methods, "CPU_PASS_PIXELS", 2 * 8 * 8)
+    model = Linear((3, 8, 8))
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 2, 1, 1, 0])
+    torch.testing.assert_close(explain(model, x, t, "smoothgrad", n_samples=3), model.w[t].detach())

@@ -31,7 +31,10 @@ name                               Captum class / paper section                 
 Every method batches its inner work (IG interpolation steps via Captum's
 ``internal_batch_size``, SmoothGrad samples via ``nt_samples_batch_size``,
 occlusion windows via ``perturbations_per_eval``), so memory stays bounded by
-``inner_batch`` forward passes of the model at once.
+``inner_batch`` forward passes of the model at once; on CPU also by
+:data:`CPU_PASS_PIXELS` pixels per pass (8 images at 224 px), where larger passes
+were measured slower per image. The images themselves are split when they alone
+exceed that budget.
 
 The model is put in eval mode for the call (its previous mode is restored) and no
 hook stays registered afterwards (Captum removes its own; tests check it).
@@ -96,6 +99,13 @@ REFERENCE_SIZE = 224
 # Forward passes the inner loops of a method may batch together (IG steps x images,
 # SmoothGrad samples x images, occlusion windows x images).
 DEFAULT_INNER_BATCH = 64
+
+# On CPU, at most this many pixels (images x H x W) per pass. Measured with ResNet-18
+# on one thread of the 2-core development CPU: the time per image of a forward +
+# input-gradient pass was flat up to about 4e5 pixels per pass (64 images of 64 px,
+# 16-32 of 128 px, 8 of 224 px) and 20-40 % higher at 64 images of 224 px (1e6-3e6
+# pixels); forward-only passes likewise (42 vs 59 ms per 224 px image at 8 vs 64).
+CPU_PASS_PIXELS = 8 * 224 * 224
 
 IG_BASELINES = ("uniform", "gaussian", "black", "blur")
 
@@ -176,6 +186,20 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _passes(inner_batch: int, images: torch.Tensor) -> int:
+    """Images per forward pass: ``inner_batch``, on CPU at most ``CPU_PASS_PIXELS / (H*W)``;
+    at least 1."""
+    n = max(1, int(inner_batch))
+    if images.device.type == "cpu":
+        n = min(n, max(1, CPU_PASS_PIXELS // (images.shape[-2] * images.shape[-1])))
+    return n
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` covering range(n)."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, max(1, size))]
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -534,21 +558,29 @@ def _integrated_gradients(
     # repeated n_baselines times, (N, C, H, W) -> (B*N, C, H, W), row b*N + i.
     x = images.repeat(n_baselines, 1, 1, 1) if n_baselines > 1 else images
     t = targets.repeat(n_baselines)
+    # All baselines are drawn first, so how the rows are split below changes nothing.
     base = torch.cat([make_baseline(images, baseline, generator=gen, blur_sigma=blur_sigma) for _ in range(n_baselines)])
-    out = IntegratedGradients(model).attribute(
-        x,
-        baselines=base,
-        target=t,
-        n_steps=n_steps,
-        method="gausslegendre",
-        internal_batch_size=max(1, inner_batch),
-        return_convergence_delta=with_delta,
-    )
-    attr, delta = out if with_delta else (out, None)
+    passes = _passes(inner_batch, images)
+    ig = IntegratedGradients(model)
+    attrs, deltas = [], []
+    # Captum batches the steps of the rows it is given (``passes`` // rows steps per
+    # pass); rows beyond one pass are split here, since Captum would not.
+    for sl in _chunks(x.shape[0], passes):
+        out = ig.attribute(
+            x[sl],
+            baselines=base[sl],
+            target=t[sl],
+            n_steps=n_steps,
+            method="gausslegendre",
+            internal_batch_size=passes,
+            return_convergence_delta=with_delta,
+        )
+        a, d = out if with_delta else (out, None)
+        attrs.append(a)
+        deltas.append(d)
     # (B*N, C, H, W) -> (B, N, C, H, W) -> mean over baselines
-    attr = attr.view(n_baselines, n, *images.shape[1:]).mean(0)
-    if delta is not None:
-        delta = delta.view(n_baselines, n).mean(0)
+    attr = torch.cat(attrs).view(n_baselines, n, *images.shape[1:]).mean(0)
+    delta = torch.cat(deltas).view(n_baselines, n).mean(0) if with_delta else None
     return attr, delta
 
 
@@ -629,19 +661,27 @@ def _smoothgrad(nt_type: str) -> Callable[..., torch.Tensor]:
         input range (1 in [0, 1] pixel space; Smilkov et al. suggest 0.1-0.2)."""
         if n_samples < 1 or noise < 0:
             raise ConfigError(f"smoothgrad needs n_samples >= 1 and noise >= 0, got {n_samples}, {noise}")
-        n = images.shape[0]
-        per_batch = max(1, min(n_samples, inner_batch // max(1, n)))
-        # Captum draws the noise from torch's global RNG: seed it locally.
+        passes = _passes(inner_batch, images)
+        nt = NoiseTunnel(Saliency(model))
+        out = []
+        # Captum draws the noise from torch's global RNG: seed it locally. Each call
+        # runs its images x ``per_batch`` samples per pass (images split when they
+        # alone exceed a pass); the noise is drawn call after call from one stream.
         with _seeded(seed, images.device):
-            return NoiseTunnel(Saliency(model)).attribute(
-                images,
-                nt_type=nt_type,
-                nt_samples=n_samples,
-                nt_samples_batch_size=per_batch,
-                stdevs=float(noise) * 1.0,  # input range of [0, 1] pixel space
-                target=targets,
-                abs=False,
-            )
+            for sl in _chunks(images.shape[0], passes):
+                m = sl.stop - sl.start
+                out.append(
+                    nt.attribute(
+                        images[sl],
+                        nt_type=nt_type,
+                        nt_samples=n_samples,
+                        nt_samples_batch_size=max(1, min(n_samples, passes // m)),
+                        stdevs=float(noise) * 1.0,  # input range of [0, 1] pixel space
+                        target=targets[sl],
+                        abs=False,
+                    )
+                )
+        return torch.cat(out)
 
     return fn
 
@@ -694,14 +734,20 @@ def _occlusion(
     window = int(window or dw)
     stride = int(stride or ds)
     forward = model if output == "logit" else (lambda x: torch.softmax(model(x), dim=1))
-    per_eval = max(1, inner_batch // max(1, images.shape[0]))
-    return Occlusion(forward).attribute(
-        images,
-        sliding_window_shapes=(c, window, window),
-        strides=(c, stride, stride),
-        baselines=float(occlusion_value),
-        target=targets,
-        perturbations_per_eval=per_eval,
+    passes = _passes(inner_batch, images)
+    occ = Occlusion(forward)
+    return torch.cat(
+        [
+            occ.attribute(
+                images[sl],
+                sliding_window_shapes=(c, window, window),
+                strides=(c, stride, stride),
+                baselines=float(occlusion_value),
+                target=targets[sl],
+                perturbations_per_eval=max(1, passes // (sl.stop - sl.start)),
+            )
+            for sl in _chunks(images.shape[0], passes)
+        ]
     )
 
 
