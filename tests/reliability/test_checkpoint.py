@@ -228,12 +228,16 @@ def test_nan_in_the_first_epoch_says_nothing_was_saved(data, tmp_path):
         run_fit(data, cfg_for(), tmp_path / "ck", model=NaNAt(1))
 
 
-def test_signals_are_held_during_a_checkpoint_write(data, tmp_path, monkeypatch):
+def test_signals_are_held_during_a_checkpoint_write(data, tmp_path, monkeypatch, request):
     """SIGTERM / SIGINT arriving mid-write: the file is finished, then the signal acts."""
     cfg = cfg_for()
     run_fit(data, cfg, tmp_path)  # latest = epoch 4, previous = epoch 3
     ck = read_checkpoint(tmp_path / LATEST)
     real_save = ckpt.save_file
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored
+    # (POSIX); give it Python's usual Ctrl-C handler for this test.
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, old_int))
 
     for sig, exc in ((signal.SIGTERM, signals.Terminated), (signal.SIGINT, KeyboardInterrupt)):
         def save_with_signal(tensors, filename, metadata=None, sig=sig):
