@@ -77,6 +77,14 @@ def _random_start(
     return d / (_per_sample_l2(d) + _TINY) * r * eps
 
 
+def random_start_delta(
+    shape: tuple[int, ...], eps: float, norm: str, generator: torch.Generator | None, *,
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The random start :func:`pgd` draws for images of ``shape`` (same generator calls, same values)."""
+    return _random_start(torch.empty(shape, device=device, dtype=dtype), eps, norm, generator)
+
+
 def pgd(
     model: nn.Module,
     images: torch.Tensor,
@@ -89,6 +97,7 @@ def pgd(
     random_start: bool = True,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Untargeted PGD: adversarial images that increase the loss of ``labels``.
 
@@ -104,6 +113,9 @@ def pgd(
         loss_fn: loss to ascend, ``loss_fn(logits, labels) -> scalar``; default summed
             cross-entropy (the step is normalised per sample, so sum or mean give the same step).
         generator: torch generator for the random start (on ``images.device``); None = global RNG.
+        start: (N, C, H, W) random-start offset to use instead of drawing one (with
+            ``random_start``; data-parallel training draws the starts of a whole global batch
+            with :func:`random_start_delta` and gives each process its share).
 
     Returns:
         (N, C, H, W) adversarial images, detached, same dtype/device as ``images``.
@@ -119,7 +131,8 @@ def pgd(
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
     with attack_mode(model), torch.enable_grad():
         if random_start:
-            x = (x0 + _random_start(x0, eps, norm, generator)).clamp_(0.0, 1.0)
+            delta0 = _random_start(x0, eps, norm, generator) if start is None else start
+            x = (x0 + delta0).clamp_(0.0, 1.0)
         else:
             x = x0.clone()
         for _ in range(steps):
