@@ -1,9 +1,17 @@
-"""Subcommands ``robsal tune``, ``robsal train`` and ``robsal evaluate-robustness``."""
+"""Subcommands ``robsal tune``, ``robsal train`` and ``robsal evaluate-robustness``.
+
+``robsal tune`` and ``robsal train`` hold the run lock from before they write
+``config.yaml`` until they finish. ``robsal train`` started by ``torchrun`` trains
+data-parallel (:mod:`robsal.training.distributed`; docs/scaling.md): rank 0 takes the
+lock, writes the config and prepares the data, then every process loads the data and trains.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -18,40 +26,66 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _setup(args: argparse.Namespace):
+@contextlib.contextmanager
+def _setup(args: argparse.Namespace, *, data_parallel: bool = False) -> Iterator[tuple]:
+    """(config, run directory, prepared data, device) with the run lock held for the whole command.
+
+    The lock is taken before ``config.yaml`` is written or the data prepared, so a second
+    command on the same ``--out`` is refused before it changes anything. With
+    ``data_parallel`` (``robsal train``) a torchrun launch joins the process group here.
+    """
     from robsal.cli import config_from_args
     from robsal.data import prepare  # type: ignore[attr-defined]
+    from robsal.errors import ConfigError, UserError
     from robsal.runs import init_run
+    from robsal.training import distributed
+    from robsal.utils import resolve_device
 
     if args.pretrained:
         args.overrides = list(args.overrides) + ["model.pretrained=true", f"model.pretrained_path={args.pretrained}"]
     cfg = config_from_args(args)
-    run_dir = init_run(cfg, args.out)
-    data = prepare(cfg, run_dir, progress=args.progress)
-    return cfg, run_dir, data
+    if not data_parallel and distributed.torchrun_env() is not None:
+        raise ConfigError(
+            f"robsal {args.command} runs in one process; start it without torchrun "
+            "(only robsal train trains data-parallel)"
+        )
+    run_dir = Path(args.out)
+    with distributed.session(resolve_device(cfg.device)) as device, distributed.main_lock(run_dir):
+        distributed.on_main(lambda: init_run(cfg, run_dir))
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(
+                f"process {distributed.rank()} cannot see {run_dir / 'config.yaml'} that rank 0 wrote; "
+                "--out must be on a filesystem shared by every node"
+            )
+        data = distributed.main_first(lambda: prepare(cfg, run_dir, progress=args.progress and distributed.is_main()))
+        yield cfg, run_dir, data, device
 
 
 def _train(args: argparse.Namespace) -> int:
     from robsal.io import read_json
+    from robsal.training import distributed
     from robsal.training.train import train_models
 
-    cfg, run_dir, data = _setup(args)
-    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
-    start = time.perf_counter()
-    dirs = train_models(cfg, run_dir, data, names=names, progress=args.progress)
-    for name, d in dirs.items():
-        m = read_json(d / "model.json")["metrics"]
-        rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in m["robust_accuracy"].items())
-        print(f"{name}: clean {m['clean_accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}; robust {rob}")
-    print(f"trained {len(dirs)} model(s) into {run_dir / 'models'} in {time.perf_counter() - start:.0f} s")
+    with _setup(args, data_parallel=True) as (cfg, run_dir, data, device):
+        names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+        start = time.perf_counter()
+        dirs = train_models(cfg, run_dir, data, device=device, names=names, progress=args.progress)
+        if not distributed.is_main():
+            return 0
+        for name, d in dirs.items():
+            m = read_json(d / "model.json")["metrics"]
+            rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in m["robust_accuracy"].items())
+            print(f"{name}: clean {m['clean_accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}; robust {rob}")
+        print(f"trained {len(dirs)} model(s) into {run_dir / 'models'} in {time.perf_counter() - start:.0f} s"
+              + (f" with {distributed.world_size()} processes" if distributed.active() else ""))
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
     from robsal.training.cv import tune
 
-    cfg, run_dir, data = _setup(args)
-    best = tune(cfg, run_dir, data, progress=args.progress)
+    with _setup(args) as (cfg, run_dir, data, _):
+        best = tune(cfg, run_dir, data, progress=args.progress)
     print(f"best: lr={best['lr']:g} batch_size={best['batch_size']} "
           f"(accuracy {best['mean_accuracy']:.3f} +- {best['std_accuracy']:.3f}); "
           f"table: {run_dir / 'tune' / 'cv_table.csv'}")

@@ -21,6 +21,13 @@ two finished epochs (:mod:`robsal.training.checkpoint`); an interrupted run (SIG
 Ctrl-C, SIGTERM, crash, full disk) resumes from it when the same command is run again and
 ends with the same weights as an uninterrupted run. The checkpoints are deleted once the
 final model is saved.
+
+Started by ``torchrun`` (several processes, GPUs or nodes), training is data-parallel
+(:mod:`robsal.training.distributed`): the config's batch sizes stay the global batch sizes,
+the weights equal those of one process up to floating-point order, and only rank 0 writes
+files. ``train.compile: true`` compiles the model's forward pass used for training and for
+the training attack with ``torch.compile`` (:func:`robsal.training.loop.compile_model`);
+what is saved is always the original module's ``state_dict``.
 """
 
 from __future__ import annotations
@@ -41,17 +48,28 @@ from robsal import signals
 from robsal.config import Config, ModelSpec, PhaseConfig
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, clean_temporaries, read_json, write_text
-from robsal.runs import RunLock
+from robsal.training import distributed
 from robsal.training.checkpoint import (
+    LATEST,
+    PREVIOUS,
     Checkpoint,
     load_latest,
+    read_checkpoint,
     remove_checkpoints,
     restore_model,
     restore_optimizer,
     save_training_state,
 )
 from robsal.training.evaluate import accuracy, evaluate_model
-from robsal.training.loop import Adversary, Augment, NonFiniteLoss, attack_radius, make_augment, train_epoch
+from robsal.training.loop import (
+    Adversary,
+    Augment,
+    NonFiniteLoss,
+    attack_radius,
+    compile_model,
+    make_augment,
+    train_epoch,
+)
 from robsal.training.phases import make_optimizer, make_scheduler, set_trainable
 from robsal.utils import git_commit, resolve_device, seed_everything
 
@@ -110,17 +128,55 @@ def fit(
     with the same weights as an uninterrupted one. A NaN/inf loss raises
     :class:`~robsal.training.loop.NonFiniteLoss` naming ``name``, the epoch and the batch;
     the last checkpoint stays as it was.
+
+    Inside a process group of several processes (``torchrun``; :mod:`robsal.training.distributed`)
+    the BatchNorm layers are synchronised while training, the model is wrapped in
+    ``DistributedDataParallel`` for every phase and each process trains on its share of every
+    global batch; rank 0 alone writes ``history_path``, the checkpoints, ``tb_writer`` and the
+    progress lines, and every process resumes from the checkpoint rank 0 chose. Every
+    process returns the same history (timings aside). ``cfg.train.compile``: the forward pass used for
+    training and for the attack is ``torch.compile``d; ``model`` itself stays uncompiled.
     """
+    main = distributed.is_main()
+    progress = progress and main
     plan = [[phase_name, int(phase.epochs)] for phase_name, phase in phases]
-    resume = _find_resume(checkpoint_dir, fingerprint, plan, start_epoch, name) if checkpoint_dir else None
+    resume = _resume_everywhere(checkpoint_dir, fingerprint, plan, start_epoch, name) if checkpoint_dir else None
     history: list[dict[str, Any]] = list(resume.state["history"]) if resume is not None else []
-    if checkpoint_dir is not None and history_path is not None:
+    if checkpoint_dir is not None and history_path is not None and main:
         write_text(history_path, "".join(json.dumps(r) + "\n" for r in history))
     if resume is not None:
         restore_model(model, resume)
         if progress:
             print(f"{name or 'model'}: resuming after epoch {resume.epoch} from {resume.path}", flush=True)
     saved_epoch = resume.epoch if resume is not None else None
+    synced = distributed.sync_batchnorm(model, device) if distributed.active() else 0
+    try:
+        _train_phases(
+            model, data, train_idx, phases, plan, resume, history, cfg=cfg, seed=seed, device=device,
+            adversary=adversary, augment=augment, val_idx=val_idx, train_eval_idx=train_eval_idx,
+            start_epoch=start_epoch, history_path=history_path, progress=progress, name=name, tb_writer=tb_writer,
+            frozen_bn_eval=frozen_bn_eval, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+            saved_epoch=saved_epoch,
+        )
+    finally:
+        if synced:
+            distributed.revert_batchnorm(model)
+    for p in model.parameters():  # leave the model fully trainable, as built
+        p.requires_grad_(True)
+    return history
+
+
+def _train_phases(
+    model: nn.Module, data, train_idx: np.ndarray, phases: list[tuple[str, PhaseConfig]], plan: list[list[Any]],
+    resume: Checkpoint | None, history: list[dict[str, Any]], *, cfg: Config, seed: int, device: torch.device,
+    adversary: Adversary | None, augment: Augment | None, val_idx: np.ndarray | None,
+    train_eval_idx: np.ndarray | None, start_epoch: int, history_path: Path | None, progress: bool, name: str,
+    tb_writer: Any, frozen_bn_eval: bool, checkpoint_dir: Path | None, fingerprint: str, saved_epoch: int | None,
+) -> None:
+    """The epochs of :func:`fit` (appends to ``history``)."""
+    main = distributed.is_main()
+    # the forward pass of the attack (and of training in one process); see compile_model
+    attack_model = compile_model(model, device) if cfg.train.compile else model
     epoch = start_epoch
     for phase_index, (phase_name, phase) in enumerate(phases):
         if phase.epochs == 0:
@@ -133,6 +189,10 @@ def fit(
             if phase_index == resume.state["phase_index"]:
                 done = int(resume.state["phase_epoch"])
         params = set_trainable(model, phase.trainable)
+        train_model = attack_model
+        if distributed.active():  # DDP registers the trainable parameters: one wrapper per phase
+            ddp = distributed.wrap(model, device)
+            train_model = compile_model(ddp, device) if cfg.train.compile else ddp
         optimizer = make_optimizer(params, phase, cfg.train.betas, cfg.train.weight_decay)
         scheduler = make_scheduler(optimizer, phase)
         if done:
@@ -143,11 +203,11 @@ def fit(
             lr = optimizer.param_groups[0]["lr"]
             try:
                 stats = train_epoch(
-                    model, data, train_idx, optimizer,
+                    train_model, data, train_idx, optimizer,
                     batch_size=phase.batch_size, seed=seed, epoch=epoch, device=device,
                     adversary=adversary, augment=augment, amp=cfg.train.amp, progress=progress,
                     desc=f"{name} {phase_name} {phase_epoch}/{phase.epochs}".strip(),
-                    frozen_bn_eval=frozen_bn_eval,
+                    frozen_bn_eval=frozen_bn_eval, attack_model=attack_model,
                 )
             except NonFiniteLoss as exc:
                 kept = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint_dir}"
@@ -179,17 +239,17 @@ def fit(
             if adversary is None:
                 rec["batch_accuracy"] = stats["batch_accuracy"]  # clean augmented training batches
             history.append(rec)
-            if history_path is not None:
+            if history_path is not None and main:
                 append_jsonl(history_path, rec)
-            if checkpoint_dir is not None:
-                save_training_state(
+            if checkpoint_dir is not None:  # rank 0 writes, the other processes wait for it
+                distributed.on_main(lambda: save_training_state(
                     checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                     position={"epoch": epoch, "phase_index": phase_index, "phase": phase_name,
                               "phase_epoch": phase_epoch, "plan": plan, "start_epoch": start_epoch},
                     history=history, fingerprint=fingerprint,
-                )
+                ))
                 saved_epoch = epoch
-            if tb_writer is not None:
+            if tb_writer is not None and main:
                 for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy", "images_per_second"):
                     if rec[k] is not None:
                         tb_writer.add_scalar(k, rec[k], epoch)
@@ -197,9 +257,19 @@ def fit(
                 shown = {k: rec[k] for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy")}
                 print(f"{name} epoch {epoch} ({phase_name}): " + ", ".join(
                     f"{k}={v:.3f}" for k, v in shown.items() if v is not None), flush=True)
-    for p in model.parameters():  # leave the model fully trainable, as built
-        p.requires_grad_(True)
-    return history
+
+
+def _resume_everywhere(
+    checkpoint_dir: Path, fingerprint: str, plan: list[list[Any]], start_epoch: int, name: str
+) -> Checkpoint | None:
+    """:func:`_find_resume` in rank 0 (which may delete stale files); the other processes load the file it chose."""
+    if not distributed.active():
+        return _find_resume(checkpoint_dir, fingerprint, plan, start_epoch, name)
+    ck = distributed.on_main(lambda: _find_resume(checkpoint_dir, fingerprint, plan, start_epoch, name))
+    which = distributed.broadcast_int(-1 if ck is None else (0 if ck.path.name == LATEST else 1))
+    if distributed.is_main() or which < 0:
+        return ck
+    return read_checkpoint(Path(checkpoint_dir) / (LATEST, PREVIOUS)[which])
 
 
 def _find_resume(
@@ -286,6 +356,9 @@ def train_one(
     when a matching checkpoint exists (see :func:`fit`); once ``model.safetensors`` and
     ``model.json`` are written the checkpoints are deleted (the model directory then holds
     only the final model, as before checkpoints existed).
+
+    Data-parallel (``torchrun``): every process trains and evaluates (same weights, same
+    results); rank 0 writes the model directory while the others wait.
     """
     from robsal.models import build_model
 
@@ -301,14 +374,19 @@ def train_one(
     if cfg.train.channels_last and device.type == "cuda":  # faster convolutions on GPUs; CPU keeps NCHW
         model = model.to(memory_format=torch.channels_last)
     history_path = model_dir / "history.jsonl"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(model_dir)  # left by a killed earlier attempt (the run lock is held)
+    main = distributed.is_main()
+
+    def make_dir() -> None:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(model_dir)  # left by a killed earlier attempt (the run lock is held)
+
+    distributed.on_main(make_dir)
     checkpoint_dir = model_dir / "checkpoint"
     fp = training_fingerprint(cfg, spec)
     rng = np.random.default_rng(seed)
     train_eval_idx = np.sort(rng.choice(train_idx, size=min(TRAIN_ACCURACY_IMAGES, len(train_idx)), replace=False))
     adversary = adversary_for(cfg, spec.eps)
-    tb = _tensorboard(model_dir / "tensorboard")
+    tb = _tensorboard(model_dir / "tensorboard") if main else None
     start = time.perf_counter()
     history = fit(
         model, data, train_idx, [("phase1", cfg.train.phase1), ("phase2", cfg.train.phase2)],
@@ -319,7 +397,17 @@ def train_one(
     train_seconds = time.perf_counter() - start
     if tb is not None:
         tb.close()
-    metrics = evaluate_model(model, data, cfg, device=device, progress=progress, desc=spec.name)
+    metrics = evaluate_model(model, data, cfg, device=device, progress=progress and main, desc=spec.name)
+    distributed.on_main(lambda: _save_model(model, model_dir, cfg, spec, adversary, seed, tuned, fp,
+                                            train_seconds, len(history), metrics))
+    return model_dir
+
+
+def _save_model(
+    model: nn.Module, model_dir: Path, cfg: Config, spec: ModelSpec, adversary: Adversary | None, seed: int,
+    tuned: dict[str, Any] | None, fp: str, train_seconds: float, epochs: int, metrics: dict[str, Any],
+) -> None:
+    """Write ``model.safetensors`` + ``model.json`` and delete the epoch checkpoints."""
     from robsal.models import save
 
     with signals.deferred():  # model.safetensors and model.json are written as a pair
@@ -338,11 +426,10 @@ def train_one(
             commit=git_commit(),
             fingerprint=fp,
             train_seconds=train_seconds,
-            epochs=len(history),
+            epochs=epochs,
             metrics=metrics,
         )
-    remove_checkpoints(checkpoint_dir)  # the finished model replaces its epoch checkpoints
-    return model_dir
+    remove_checkpoints(model_dir / "checkpoint")  # the finished model replaces its epoch checkpoints
 
 
 def train_models(
@@ -359,22 +446,32 @@ def train_models(
     ``data`` defaults to the run's prepared data (``RUN/splits.csv``; prepared now if absent).
     ``names`` restricts training to some models (unknown names raise ConfigError).
     Interrupted training resumes from each model's epoch checkpoint (:func:`train_one`).
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), every model is trained data-parallel by all
+    processes (:mod:`robsal.training.distributed`): the process group is started here unless
+    it already runs, each process uses ``cuda:LOCAL_RANK`` (or the CPU), rank 0 holds the run
+    lock, prepares the data first and writes every file; the others read after it.
     """
     run_dir = Path(run_dir)
-    if data is None:
-        from robsal.data import load_run_data, prepare  # type: ignore[attr-defined]
-
-        data = load_run_data(run_dir) if (run_dir / "splits.csv").exists() else prepare(cfg, run_dir, progress=progress)
-    dev = resolve_device(device if device is not None else cfg.device)
     specs = [cfg.model_spec(n) for n in names] if names else list(cfg.models)
-    tuned = tuned_hyperparameters(run_dir)
-    cfg_t = apply_tuned(cfg, tuned)
     out: dict[str, Path] = {}
-    with RunLock(run_dir, reentrant=True):  # one writer of the checkpoints (`robsal run` may hold it already)
+    with distributed.session(resolve_device(device if device is not None else cfg.device)) as dev, \
+            distributed.main_lock(run_dir):  # one writer of the checkpoints (`robsal run` may hold it already)
+        progress = progress and distributed.is_main()
+        if data is None:
+            from robsal.data import load_run_data, prepare  # type: ignore[attr-defined]
+
+            data = distributed.main_first(
+                lambda: load_run_data(run_dir) if (run_dir / "splits.csv").exists()
+                else prepare(cfg, run_dir, progress=progress)
+            )
+        tuned = tuned_hyperparameters(run_dir)
+        cfg_t = apply_tuned(cfg, tuned)
         for spec in specs:
             model_dir = run_dir / "models" / spec.name
             if is_complete(model_dir, training_fingerprint(cfg_t, spec)):
-                remove_checkpoints(model_dir / "checkpoint")  # left if killed right after the final save
+                # left if killed right after the final save
+                distributed.on_main(lambda d=model_dir: remove_checkpoints(d / "checkpoint"))
                 if progress:
                     print(f"{spec.name}: already trained, skipping", flush=True)
             else:
