@@ -56,3 +56,13 @@ def test_a_run_directory_refuses_another_config(tiny_run, capsys):
     code = main(["run", "--config", "tiny", "--set", "train.phase2.epochs=3", "--out", str(tiny_run)])
     err = capsys.readouterr().err
     assert code == 2 and "another config" in err and "train.phase2.epochs" in err
+
+
+def test_run_under_torchrun_says_how_to_train_data_parallel(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["run", "--config", "tiny", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "torchrun --nproc_per_node N -m robsal train" in err
+    assert not (tmp_path / "r").exists()  # nothing written

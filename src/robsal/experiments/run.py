@@ -18,6 +18,7 @@ from typing import Any
 
 from robsal.config import Config
 from robsal.io import read_json
+from robsal.errors import ConfigError
 from robsal.runs import RunLock, fingerprint, init_run, is_done, mark_done
 
 
@@ -103,8 +104,16 @@ def run_pipeline(
     Finished stages (same config fingerprint) are skipped unless named in ``force``.
     A stage whose inputs changed invalidates every later stage too.
     """
+    from robsal.training.distributed import torchrun_env
     from robsal.utils import resolve_device
 
+    env = torchrun_env()
+    if env is not None and env.world_size > 1:
+        raise ConfigError(
+            f"robsal run does not run under torchrun (WORLD_SIZE={env.world_size}); train data-parallel with "
+            "`torchrun --nproc_per_node N -m robsal train ...` first, then `robsal run` with the same config "
+            "and --out (it skips the trained models)"
+        )
     run_dir = Path(run_dir)
     with RunLock(run_dir):
         init_run(cfg, run_dir)
