@@ -60,6 +60,22 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _attack_view(model: nn.Module) -> nn.Module:
+    """The model's input-gradient view for an attack (model in eval mode, parameters frozen).
+
+    The view lives with the saliency methods, which need the same thing (input gradients
+    of an eval-mode model); imported lazily so this module stays importable on its own.
+    Data-parallel wrappers are attacked as they are.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return model
+    from robsal.saliency.methods import input_gradient_view
+
+    return input_gradient_view(model)
+
+
 def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:
     """L2 norm of every sample, shaped (N, 1, 1, ...) to broadcast against ``t``."""
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
@@ -98,6 +114,7 @@ def pgd(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     start: torch.Tensor | None = None,
+    fast: bool = True,
 ) -> torch.Tensor:
     """Untargeted PGD: adversarial images that increase the loss of ``labels``.
 
@@ -116,6 +133,9 @@ def pgd(
         start: (N, C, H, W) random-start offset to use instead of drawing one (with
             ``random_start``; data-parallel training draws the starts of a whole global batch
             with :func:`random_start_delta` and gives each process its share).
+        fast: attack through :func:`robsal.saliency.methods.input_gradient_view` (the same
+            forward, bit for bit; a cheaper input-only backward for eval-mode BatchNorm, max
+            pooling and the stem convolution on CPU). ``False`` differentiates the model as is.
 
     Returns:
         (N, C, H, W) adversarial images, detached, same dtype/device as ``images``.
@@ -130,6 +150,7 @@ def pgd(
     alpha = float(eps) * 0.2 if step_size is None else float(step_size)
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
     with attack_mode(model), torch.enable_grad():
+        net = _attack_view(model) if fast else model
         if random_start:
             delta0 = _random_start(x0, eps, norm, generator) if start is None else start
             x = (x0 + delta0).clamp_(0.0, 1.0)
@@ -137,7 +158,7 @@ def pgd(
             x = x0.clone()
         for _ in range(steps):
             x.requires_grad_(True)
-            loss = loss_fn(model(x), labels)
+            loss = loss_fn(net(x), labels)
             (grad,) = torch.autograd.grad(loss, x)  # (N, C, H, W); parameters are frozen
             x = x.detach()
             if norm == "l2":
