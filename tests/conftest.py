@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Test folders whose modules run with one intra-op thread: their models are tiny and gain
+# nothing from more; on a shared 2-core machine 2 OpenMP threads made small ResNet passes
+# up to 20x slower (1.5 s vs 0.08 s for a 24 px forward + backward of ResNet-18); the
+# bit-for-bit comparisons of tests/reliability need a fixed thread count; Ray workers in
+# tests/experiments use one thread too.
+ONE_THREAD_FOLDERS = {"attacks", "experiments", "metrics", "reliability", "training"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(request):
+    """One torch thread for the modules of ONE_THREAD_FOLDERS, restored afterwards."""
+    if Path(str(request.path)).parent.name not in ONE_THREAD_FOLDERS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 # tiny preset, cut to what the sweep needs to exercise every stage in seconds: no head-only
 # phase, PGD-2, robust accuracy at one eps on 6 images, Gradient maps only, no model-based
@@ -24,14 +23,6 @@ SWEEP_OVERRIDES = [
 ]
 GRID = "eps=0,1;seed=0,1"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: tiny models gain nothing from more, and the Ray workers use one too."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,6 @@ SIZE = 24
 CLASSES = ["mel", "nv", "bkl"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while these tests run, restored afterwards.
-
-    On the shared 2-core test machine, 2 OpenMP threads made small ResNet passes about
-    20x slower than 1 thread when other processes were busy (measured: 1.5 s vs 0.08 s
-    for a 24 px forward + backward of ResNet-18).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def stub_explain(model, images, targets, method):  # noqa: ANN001
     """gradient: d logit_t / dx; input_x_gradient: x * gradient. (N, 3, H, W)."""

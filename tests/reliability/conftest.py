@@ -8,21 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 
 from ..training.conftest import TinyCNN, make_toy_data  # noqa: F401 (re-exported to the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Bit-for-bit comparisons need a fixed thread count; tiny models gain nothing from threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cli_env(cache: Path) -> dict[str, str]:

@@ -57,11 +57,3 @@ class TinyCNN(nn.Module):
 def toy_data() -> PreparedData:
     return make_toy_data()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads crawl on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

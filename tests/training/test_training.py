@@ -12,7 +12,7 @@ from robsal.data import PreparedData
 from robsal.training import fit, robust_accuracy
 from robsal.training.loop import Adversary
 
-from .conftest import TinyCNN, make_toy_data
+from .conftest import TinyCNN
 
 CPU = torch.device("cpu")
 
