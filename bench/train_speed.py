@@ -59,20 +59,8 @@ def reference_epoch(model, data, idx, optimizer, *, batch_size, eps, device, see
     atk = torchattacks.PGDL2(model, eps=eps, alpha=eps / 5, steps=7, random_start=True)
     g = torch.Generator().manual_seed(seed)
     perm = np.asarray(idx)[torch.randperm(len(idx), generator=g).numpy()]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for b in range(0, len(perm), batch_size):
-        x, y = data.batch(perm[b : b + batch_size], device)
-        x_adv = atk(x, y)  # torchattacks switches the model to eval and back
-        model.train()
-        loss = F.cross_entropy(model(x_adv), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    batches = (data.batch(perm[b : b + batch_size]) for b in range(0, len(perm), batch_size))
+    return loader_epoch(model, batches, optimizer, atk, device=device)  # torchattacks restores train mode
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
@@ -96,7 +84,7 @@ class PerSampleDataset(torch.utils.data.Dataset):
 
 
 def loader_epoch(model, loader, optimizer, attack, *, device) -> float:
-    """Adversarial-training epoch: DataLoader with per-sample transforms, then ``attack(x, y)``."""
+    """Adversarial-training epoch over ``loader``'s (x, y) batches: ``attack(x, y)``, then the update."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
