@@ -160,4 +160,5 @@ def test_a_run_directory_locked_by_another_process_is_refused(tmp_path, capsys, 
         holder.wait()
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "in use by PID 4242" in err
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # locked before writing: no config, data or splits
     assert not (run / "models").exists()
