@@ -283,6 +283,11 @@ class _MaxPoolFn(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
+def _cpu_nchw_with_grad(x: torch.Tensor) -> bool:
+    """Whether a CPU stand-in's custom kernel applies: a contiguous NCHW CPU input needing a gradient."""
+    return x.device.type == "cpu" and x.ndim == 4 and x.requires_grad and x.is_contiguous()
+
+
 class _ChannelsLastMaxPool(_StandIn):
     """Input-gradient stand-in for ``nn.MaxPool2d``: :class:`_MaxPoolFn` for an NCHW
     input on CPU that needs a gradient; the pool itself otherwise."""
@@ -292,7 +297,7 @@ class _ChannelsLastMaxPool(_StandIn):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.ndim != 4 or not x.requires_grad or not x.is_contiguous():
+        if not _cpu_nchw_with_grad(x):
             return self.pool(x)
         p = self.pool
         kernel = _pair(p.kernel_size)
@@ -331,7 +336,7 @@ class _ImageConv(_StandIn):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.ndim != 4 or not x.requires_grad or not x.is_contiguous():
+        if not _cpu_nchw_with_grad(x):
             return self.conv(x)
         return _ImageConvFn.apply(x, self.conv)
 
