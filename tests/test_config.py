@@ -30,6 +30,31 @@ def test_eps_scales_with_side_length():
     assert cfg.eps_l2(4) == 4.0
 
 
+@pytest.mark.parametrize(
+    "rule, size, radius",
+    [
+        ("side", 64, 4 * 64 / 224),  # 1.143: equal per-pixel RMS perturbation
+        ("pixels", 64, 4 * 64**2 / 224**2),  # 0.327: proportional to the pixel count
+        ("side", 128, 4 * 128 / 224),  # 2.286
+        ("pixels", 128, 4 * 128**2 / 224**2),  # 1.306
+        ("side", 224, 4.0),  # the two rules agree at the paper's size
+        ("pixels", 224, 4.0),
+    ],
+)
+def test_eps_scaling_rules_give_the_documented_radius(rule, size, radius):
+    cfg = load_config("tiny", [f"adversary.eps_scaling={rule}", f"data.image_size={size}"])
+    assert cfg.eps_l2(4) == pytest.approx(radius, rel=1e-12)
+    # the per-value RMS of a perturbation at the radius: the paper's under "side"
+    rms = cfg.eps_l2(4) / (3 * size * size) ** 0.5
+    paper_rms = 4 / (3 * 224 * 224) ** 0.5
+    assert rms == pytest.approx(paper_rms * (1 if rule == "side" else size / 224))
+
+
+def test_eps_scaling_rule_is_validated():
+    with pytest.raises(ConfigError, match="adversary.eps_scaling"):
+        load_config("tiny", ["adversary.eps_scaling=area"])
+
+
 def test_overrides_are_typed():
     cfg = load_config("tiny", ["train.phase2.epochs=3", "data.classes=[a, b]", "train.phase1.lr=1e-4"])
     assert cfg.train.phase2.epochs == 3

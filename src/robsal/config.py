@@ -10,13 +10,30 @@ Units
 -----
 Adversarial ``eps`` values are given in *paper units*: the L2 radius for a
 224x224x3 input in [0, 1] pixel space (the paper: eps=4 "for 50,000 image
-pixels", Section 2). At another input size the effective radius keeps the
-per-value RMS perturbation equal, so it scales with the square root of the
-number of input values, i.e. linearly with the side length::
+pixels", Section 2, which adds "scale eps proportionally to the desired input
+size"). How a paper-unit eps becomes the effective radius at another input size
+is an explicit choice, ``adversary.eps_scaling``:
 
-    eps_l2 = eps * image_size / eps_reference_size      (reference 224 px)
+``side`` (default)
+    keep the per-value RMS perturbation equal: the L2 norm of a perturbation of
+    equal per-pixel size grows with the square root of the number of values, i.e.
+    linearly with the side length::
 
-Set ``adversary.eps_reference_size: null`` to give raw L2 radii instead.
+        eps_l2 = eps * image_size / eps_reference_size       (reference 224 px)
+
+    An adversary of the same per-pixel strength as the paper's at every size
+    (eps 4 -> 1.14 at 64 px, 2.29 at 128 px).
+``pixels``
+    the literal reading of "proportionally to the input size": proportional to the
+    number of pixels::
+
+        eps_l2 = eps * (image_size / eps_reference_size) ** 2
+
+    (eps 4 -> 0.33 at 64 px): a per-pixel perturbation 224/64 = 3.5x smaller than
+    the paper's at 64 px, i.e. a much weaker adversary at small sizes.
+
+Both agree at 224 px. Set ``adversary.eps_reference_size: null`` to give raw L2
+radii instead (no scaling).
 """
 
 from __future__ import annotations
@@ -140,6 +157,9 @@ class AdversaryConfig:
     step_size_factor: float = 0.2  # step size = eps * factor (paper: eps / 5)
     random_start: bool = True
     eps_reference_size: int | None = 224  # eps values are in paper units at this size
+    # how paper units scale with the input size (module docstring): equal per-pixel RMS
+    # ("side", eps ~ side length) or the literal "proportional to the pixel count" ("pixels")
+    eps_scaling: Literal["side", "pixels"] = "side"
 
 
 @dataclass
@@ -198,6 +218,12 @@ class SaliencyConfig:
 class MetricsConfig:
     n_bootstrap: int = 2000
     alpha: float = 0.05
+    # The competence gate (robsal.metrics.gate): models are compared only when each recalls
+    # every class of the test split at least this well ...
+    min_recall: float = 0.5
+    # ... and every class has at least this many explained images (correct for every model);
+    # None = saliency.n_per_class (every class gets the images the run asked for)
+    min_explained_per_class: int | None = None
     deletion_steps: int = 16
     faithfulness: bool = True
     sanity: bool = True
@@ -229,10 +255,23 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     # ---------------------------------------------------------------- helpers
-    def eps_l2(self, eps: float) -> float:
-        """Effective L2 radius at this config's input size for an eps in paper units."""
+    def eps_scale(self) -> float:
+        """Factor from paper-unit eps to the effective L2 radius at this input size (1 for raw radii)."""
         ref = self.adversary.eps_reference_size
-        return float(eps) if ref is None else float(eps) * self.data.image_size / ref
+        if ref is None:
+            return 1.0
+        ratio = self.data.image_size / ref
+        return ratio if self.adversary.eps_scaling == "side" else ratio**2
+
+    def eps_l2(self, eps: float) -> float:
+        """Effective L2 radius at this config's input size for an eps in paper units
+        (``adversary.eps_scaling``; module docstring)."""
+        return float(eps) * self.eps_scale()
+
+    def min_explained(self) -> int:
+        """Explained images every class needs for a comparison (``metrics.min_explained_per_class``)."""
+        k = self.metrics.min_explained_per_class
+        return self.saliency.n_per_class if k is None else int(k)
 
     def model_spec(self, name: str) -> ModelSpec:
         for spec in self.models:
@@ -522,6 +561,15 @@ def validate(cfg: Config) -> None:
     need(cfg.saliency.batch_size >= 1, "saliency.batch_size", "must be >= 1")
     need(cfg.saliency.figure_images >= 0, "saliency.figure_images", "must be >= 0")
     need(cfg.metrics.n_bootstrap >= 100, "metrics.n_bootstrap", "must be >= 100")
+    need(0.0 <= cfg.metrics.min_recall <= 1.0, "metrics.min_recall", f"must lie in [0, 1], got {cfg.metrics.min_recall}")
+    k_min = cfg.metrics.min_explained_per_class
+    need(k_min is None or k_min >= 1, "metrics.min_explained_per_class", "must be >= 1 or null")
+    need(
+        k_min is None or k_min <= cfg.saliency.n_per_class,
+        "metrics.min_explained_per_class",
+        f"asks for {cfg.metrics.min_explained_per_class} explained images per class but saliency.n_per_class "
+        f"selects at most {cfg.saliency.n_per_class}; lower it or raise saliency.n_per_class",
+    )
     need(0 < cfg.metrics.alpha < 1, "metrics.alpha", "must lie in (0, 1)")
     need(cfg.metrics.deletion_steps >= 2, "metrics.deletion_steps", "must be >= 2")
     need(cfg.metrics.sanity_images >= 2, "metrics.sanity_images", "must be >= 2 (the random-pair floor)")

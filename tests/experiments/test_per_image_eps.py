@@ -61,6 +61,7 @@ def test_band_units_and_errors():
     assert band_for((3, 5), 64, 224) == (3.0, 5.0)  # config eps in paper units: no scaling
     lo, hi = band_for((3, 5), 112, None)  # raw radii at 112 px: half the paper values
     assert (lo, hi) == (1.5, 2.5)
+    assert band_for((4, 8), 112, None, "pixels") == (1.0, 2.0)  # raw radii, pixel-count rule: a quarter
     with pytest.raises(ConfigError, match="no known direction"):
         optimal_eps(_table(metric="edge_correlation"), EPS_OF, metric="edge_correlation")
     with pytest.raises(DataError, match="no per-image values of metric 'gini'"):

@@ -72,6 +72,7 @@ def make_run(tmp_path_factory):
         masks: bool = True,
         overrides: tuple[str, ...] = (),
         n_images: int = 9,
+        recall: dict | None = None,  # model -> {class: test recall}; default 0.9 for every class
     ):
         run = tmp_path_factory.mktemp("run")
         cfg = load_config(
@@ -95,7 +96,9 @@ def make_run(tmp_path_factory):
         for k, (name, eps, seed) in enumerate(models):
             torch.manual_seed(seed + 10 * k)
             model = build_model("resnet18", CLASSES, image_size=SIZE, meta={"eps": eps, "seed": seed}).eval()
-            save(model, run / "models" / name, metrics={"clean_accuracy": 0.5 + 0.1 * k, "balanced_accuracy": 0.4})
+            per_class = (recall or {}).get(name, {c: 0.9 for c in CLASSES})
+            save(model, run / "models" / name, metrics={"clean_accuracy": 0.5 + 0.1 * k, "balanced_accuracy": 0.4,
+                                                         "per_class_accuracy": per_class})
             for method in methods:
                 maps = compute_maps(stub_explain, model, x, y, method).astype(np.float32)
                 save_npz(

@@ -51,6 +51,7 @@ def test_every_model_gets_its_files(trained):
         assert meta["arch"] == "resnet18" and meta["classes"] == data.classes and meta["seed"] == cfg.seed
         assert meta["eps"] == cfg.model_spec(name).eps
         assert meta["eps_l2"] == pytest.approx(cfg.eps_l2(cfg.model_spec(name).eps))
+        assert meta["eps_scaling"] == {"rule": "side", "reference_size": 224, "image_size": cfg.data.image_size}
         assert meta["config"]["train"]["phase2"]["lr"] == cfg.train.phase2.lr
         hist = [json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()]
         assert [h["phase"] for h in hist] == ["phase1", "phase2"]

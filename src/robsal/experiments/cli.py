@@ -112,6 +112,7 @@ def _parse_band(text: str) -> tuple[float, float]:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from robsal.experiments.sweep import OptimumSpec, run_sweep, summary_lines
+    from robsal.io import read_json
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}_sweep"
@@ -122,7 +123,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         optimum=optimum, figure_method=args.figure_method, figures=not args.no_figures,
     )
     if result.table is not None:
-        for line in summary_lines(result.table, result.optimum):
+        table_json = out / "sweep" / "table.json"
+        gate = read_json(table_json).get("gate") if table_json.exists() else None
+        for line in summary_lines(result.table, result.optimum, gate):
             print(line)
     if result.failed:
         details = "; ".join(f"{n}: {result.cells[n].errors[-1] if result.cells[n].errors else 'failed'}"

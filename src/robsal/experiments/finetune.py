@@ -329,6 +329,7 @@ class FinetuneResult:
     variants: dict[str, dict[str, Any]]  # name -> finetune summary
     table: pd.DataFrame
     figures: list[Path] = field(default_factory=list)
+    not_comparable: list[str] = field(default_factory=list)  # competence-gate reasons (empty: comparable)
 
     def lines(self) -> list[str]:
         out = []
@@ -336,6 +337,8 @@ class FinetuneResult:
             extra = f" ({int(r['epochs'])} epochs, best {int(r['best_epoch'])}, stopped: {r['stopped']})" \
                 if r["role"] == "fine-tuned" else ""
             out.append(f"{r['model']}: clean {r['clean_accuracy']:.1%}, balanced {r['balanced_accuracy']:.1%}{extra}")
+        if self.not_comparable:
+            out.append(f"saliency comparison not comparable: {'; '.join(self.not_comparable)}")
         return out
 
 
@@ -434,8 +437,15 @@ def run_finetune(
         out_dir = run_dir / "finetune"
         with atomic_open(out_dir / "accuracy.csv", "w", encoding="utf-8", newline="") as fh:
             table.to_csv(fh, index=False, float_format="%.6g")
+        from robsal.metrics import gate as competence
+
+        # the maps of Figure 12 compare these models: only competent ones are comparable
+        model_metrics = {n: (read_json(run_dir / "models" / n / "model.json").get("metrics") or {})
+                         for n in table["model"]}
+        gate = competence.check(model_metrics, list(data.classes), None, min_recall=cfg.metrics.min_recall)
         write_json(out_dir / "accuracy.json", {
             "source": source, "standard": std, "settings": asdict(settings),
+            "comparable": gate.comparable, "gate": gate.to_dict(),
             "rows": json.loads(table.to_json(orient="records")),
             "note": "frozen BatchNorm layers stay in eval mode (the original code let their statistics drift)",
         })
@@ -443,8 +453,8 @@ def run_finetune(
         if figures:
             paths += accuracy_figure(table, run_dir / "figures" / "finetune_accuracy")
             paths += saliency_figure(run_dir, cfg, data, list(table["model"]), images=images, device=dev,
-                                     progress=progress)
-    return FinetuneResult(run_dir, source, std, done, table, paths)
+                                     progress=progress, not_comparable=None if gate.comparable else gate.reason)
+    return FinetuneResult(run_dir, source, std, done, table, paths, gate.reasons)
 
 
 def _order(variants: Sequence[str], info: dict[str, dict[str, Any]]) -> list[str]:
@@ -474,6 +484,8 @@ def accuracy_table(
             "best_epoch": ft.get("best_epoch"),
             "stopped": ft.get("stopped", ""),
         }
+        for c, v in (m.get("per_class_accuracy") or {}).items():  # test recall per class (competence gate)
+            row[f"recall_{c}"] = v
         for k, v in sorted((m.get("robust_accuracy") or {}).items(), key=lambda kv: float(kv[0])):
             row[f"robust_accuracy@{k}"] = v
         rows.append(row)
@@ -511,9 +523,11 @@ def accuracy_figure(table: pd.DataFrame, stem: Path) -> list[Path]:
 
 def saliency_figure(
     run_dir: Path, cfg: Config, data: Any, names: Sequence[str], *, images: str, device: torch.device,
-    progress: bool = True,
+    progress: bool = True, not_comparable: str | None = None,
 ) -> list[Path]:
-    """Figure 12: Gradient maps of the given models (standard, variants, robust) on the same images."""
+    """Figure 12: Gradient maps of the given models (standard, variants, robust) on the same images.
+
+    ``not_comparable``: the competence gate's reasons when some model fails it; the title says so."""
     from robsal.models import load
     from robsal.saliency import select_images
     from robsal.saliency.figures import method_grid
@@ -540,7 +554,8 @@ def saliency_figure(
         np.asarray(data.images[rows[show]]),
         {n: raw["gradient"][n][show] for n in names},
         run_dir / "figures" / "finetune_gradient",
-        title="Gradient maps: standard, robust model with layer groups fine-tuned, robust (Figure 12)",
+        title="Gradient maps: standard, robust model with layer groups fine-tuned, robust (Figure 12)"
+        + (f"\nNOT COMPARABLE: {not_comparable}" if not_comparable else ""),
         row_labels=[f"{ids[i]} ({data.classes[data.labels[rows[i]]]})" for i in show],
         normalisation=cfg.saliency.reduction,
     )

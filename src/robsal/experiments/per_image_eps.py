@@ -69,18 +69,22 @@ def metric_direction(metric: str, direction: str | None = None) -> str:
     return DIRECTIONS[metric]
 
 
-def band_for(band: tuple[float, float], image_size: int, reference_size: int | None) -> tuple[float, float]:
+def band_for(
+    band: tuple[float, float], image_size: int, reference_size: int | None, scaling: str = "side"
+) -> tuple[float, float]:
     """The band in the units of the config's eps values.
 
     With ``reference_size`` set (the default, 224) config eps values are paper units and the
     band is returned unchanged. With ``reference_size`` None the config's eps are raw L2
-    radii at ``image_size``; the paper band then scales like ``Config.eps_l2``.
+    radii at ``image_size``; the paper band then scales like ``Config.eps_l2`` with the
+    ``scaling`` rule (``adversary.eps_scaling``: ``side`` or ``pixels``).
     """
     lo, hi = float(band[0]), float(band[1])
     if lo > hi:
         raise ConfigError(f"optimum band [{lo:g}, {hi:g}]: the lower end is above the upper end")
     if reference_size is None:
         f = image_size / PAPER_REFERENCE_SIZE
+        f = f if scaling == "side" else f**2
         return lo * f, hi * f
     return lo, hi
 

@@ -148,7 +148,8 @@ def run_pipeline(
 
 
 def summary_lines(run_dir: str | Path) -> list[str]:
-    """Three lines for the terminal: accuracies, and the headline metric verdicts."""
+    """The last lines for the terminal: accuracies, per-class recall, the competence gate when it
+    failed (``not comparable: <reasons>``), and the headline metric verdicts."""
     run_dir = Path(run_dir)
     lines = []
     accs = []
@@ -166,11 +167,20 @@ def summary_lines(run_dir: str | Path) -> list[str]:
         lines.append("accuracy: " + "; ".join(accs))
     summary = run_dir / "metrics" / "summary.json"
     if summary.exists():
-        verdicts = [v for v in read_json(summary).get("verdicts", []) if isinstance(v, dict)]
+        doc = read_json(summary)
+        gate = doc.get("gate") if isinstance(doc.get("gate"), dict) else {}
+        recall = gate.get("recall") if isinstance(gate.get("recall"), dict) else {}
+        if recall:  # per-class test recall of every model: the competence behind the verdicts
+            lines.append("recall: " + "; ".join(
+                f"{m} " + " ".join(f"{c} {v:.2f}" if isinstance(v, (int, float)) else f"{c} ?" for c, v in r.items())
+                for m, r in recall.items() if isinstance(r, dict)))
+        if doc.get("comparable") is False:
+            lines.append(f"not comparable: {'; '.join(gate.get('reasons') or [])}")
+        verdicts = [v for v in doc.get("verdicts", []) if isinstance(v, dict)]
         # Headline: the paper's two main claims for its main method (Gradient), first robust model.
         for claim in ("sharper", "on_lesion"):
             hits = [v for v in verdicts if v.get("claim") == claim and v.get("method") == "gradient"]
             hits = hits or [v for v in verdicts if v.get("claim") == claim]
             if hits and hits[0].get("line"):
                 lines.append(hits[0]["line"])
-    return lines[:3]
+    return lines[:5]

@@ -77,7 +77,7 @@ PLOT_METRICS = (
 )
 TABLE_COLUMNS = [
     "section", "eps", "method", "metric", "n_seeds", "n_images",
-    "mean", "sd_seeds", "ci_low", "ci_high", "min", "max",
+    "mean", "sd_seeds", "ci_low", "ci_high", "min", "max", "comparable",
 ]
 
 
@@ -491,14 +491,22 @@ def aggregate(
     rows += saliency_rows(per_image, eps_of, n_boot=mc.n_bootstrap, alpha=mc.alpha, seed=cfg.seed)
     rows += stability_rows(per_image, {e: n for e, n in seeds_at.items() if n >= 2},
                            n_boot=mc.n_bootstrap, alpha=mc.alpha, seed=cfg.seed)
+    # the competence gate (robsal.metrics.gate): saliency aggregates compare eps values, so they
+    # mean something only where every cell recognises every class and every class is explained
+    overall, per_eps = sweep_gates(out, cfg, ok, metrics)
+    for r in rows:
+        if r["section"] != "accuracy":
+            r["comparable"] = bool(overall.comparable)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     sub = out / SWEEP_SUBDIR
     with atomic_open(sub / "table.csv", "w", encoding="utf-8", newline="") as fh:
         table.to_csv(fh, index=False, float_format="%.6g")
 
     notes: list[str] = []
+    if not overall.comparable:
+        notes.append(f"not comparable: {overall.reason}")
     result: OptimumResult | None = None
-    band = band_for(optimum.band, cfg.data.image_size, cfg.adversary.eps_reference_size)
+    band = band_for(optimum.band, cfg.data.image_size, cfg.adversary.eps_reference_size, cfg.adversary.eps_scaling)
     if len(eps_of) and not per_image.empty:
         try:
             result = optimal_eps(per_image, eps_of, metric=optimum.metric, method=optimum.method,
@@ -516,13 +524,16 @@ def aggregate(
         "columns": TABLE_COLUMNS,
         "rows": table.to_dict(orient="records"),
         "optimal_eps": result.summary() if result is not None else None,
+        "comparable": overall.comparable,
+        "gate": {**overall.to_dict(), "per_eps": {f"{e:g}": g.to_dict() for e, g in per_eps.items()}},
         "settings": {
             "accuracy": "mean over seeds; sd_seeds/min/max over seeds",
             "saliency": "per image: mean over the seeds of an eps; mean over images with a percentile-bootstrap "
                         f"{1 - mc.alpha:.0%} CI over images ({mc.n_bootstrap} resamples); sd_seeds: sd of the "
                         "per-seed means",
             "stability": "per image: mean over seed pairs of Spearman / SSIM between maps; CI over images",
-            "eps_units": "paper units (L2 at 224 px)" if cfg.adversary.eps_reference_size else "raw radii",
+            "eps_units": (f"paper units (L2 at {cfg.adversary.eps_reference_size} px, scaled by "
+                          f"{cfg.adversary.eps_scaling})" if cfg.adversary.eps_reference_size else "raw radii"),
         },
         "figures": figure_paths,
         "notes": notes,
@@ -531,8 +542,35 @@ def aggregate(
     return table, result
 
 
-def summary_lines(table: pd.DataFrame, result: OptimumResult | None) -> list[str]:
-    """Terminal lines: accuracy per eps, the optimum share."""
+def sweep_gates(
+    out: Path, cfg: Config, ok: Sequence[Cell], metrics: Mapping[str, dict[str, Any]]
+) -> tuple[Any, dict[float, Any]]:
+    """The competence gate over every trained cell (overall) and over the cells of each eps.
+
+    The explained images per class come from the metrics stage (``metrics/summary.json``)
+    or the image selection (``saliency/selection.json``); before either exists only recall
+    is checked.
+    """
+    from robsal.metrics import gate
+
+    classes = list(cfg.data.classes)
+    explained = None
+    summary_path, sel_path = out / "metrics" / "summary.json", out / "saliency" / "selection.json"
+    if summary_path.exists():
+        explained = read_json(summary_path).get("explained_per_class")
+    if explained is None and sel_path.exists():
+        explained = read_json(sel_path).get("selected")
+    kw = {"min_recall": cfg.metrics.min_recall, "min_explained_per_class": cfg.min_explained()}
+    overall = gate.check({c.name: metrics[c.name] for c in ok}, classes, explained, **kw)
+    per_eps = {
+        eps: gate.check({c.name: metrics[c.name] for c in ok if c.eps == eps}, classes, explained, **kw)
+        for eps in sorted({c.eps for c in ok})
+    }
+    return overall, per_eps
+
+
+def summary_lines(table: pd.DataFrame, result: OptimumResult | None, gate: Mapping[str, Any] | None = None) -> list[str]:
+    """Terminal lines: accuracy per eps, the competence gate when it failed, the optimum share."""
     lines = []
     acc = table[table["section"] == "accuracy"]
     for eps, g in acc.groupby("eps", sort=True):
@@ -545,6 +583,8 @@ def summary_lines(table: pd.DataFrame, result: OptimumResult | None) -> list[str
             parts.append(f"{label} {r['mean']:.1%}{sd}")
         n = int(g["n_seeds"].max())
         lines.append(f"eps {eps:g} ({n} seed{'s' if n != 1 else ''}): " + ", ".join(parts))
+    if gate is not None and not gate.get("comparable", True):
+        lines.append(f"not comparable: {'; '.join(gate.get('reasons') or [])}")
     if result is not None and result.share_in_band is not None:
         lines.append(
             f"optimal eps per image ({result.method}, {result.metric}): {result.share_in_band:.0%} of "

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from robsal.config import Config, load_run_config
 from robsal.errors import DataError, UserError
 from robsal.io import atomic_open, load_npz, read_json, write_json
-from robsal.metrics import alignment, complexity, faithfulness, localisation, sanity, stability, stats
+from robsal.metrics import alignment, complexity, faithfulness, gate, localisation, sanity, stability, stats
 from robsal.metrics.explainer import ExplainFn, default_explain_fn
 from robsal.utils import resolve_device
 
@@ -113,6 +113,7 @@ def model_info(run_dir: Path, cfg: Config, name: str) -> dict[str, Any]:
             "seed": meta.get("seed"),
             "clean_accuracy": m.get("clean_accuracy"),
             "balanced_accuracy": m.get("balanced_accuracy"),
+            "per_class_recall": m.get("per_class_accuracy"),  # class -> recall on the test split
             "has_weights": (run_dir / "models" / name / "model.safetensors").exists(),
         }
     spec = cfg.model_spec(name)  # ConfigError naming the model if the config lacks it
@@ -121,6 +122,7 @@ def model_info(run_dir: Path, cfg: Config, name: str) -> dict[str, Any]:
         "seed": spec.seed if spec.seed is not None else cfg.seed,
         "clean_accuracy": None,
         "balanced_accuracy": None,
+        "per_class_recall": None,
         "has_weights": False,
     }
 
@@ -303,6 +305,13 @@ def evaluate_run(
         per_image.to_csv(fh, index=False, float_format="%.8g")
 
     summary_df, paired, verdicts = summarise(per_image, info, standard, cfg)
+    # the competence gate: verdicts only where both models recognise every class
+    explained = {c: int(k) for c, k in zip(data.classes, np.bincount(data.labels[rows], minlength=len(data.classes)))}
+    gates = competence_gates(info, standard, list(data.classes), explained, cfg)
+    verdicts = gate.gate_verdicts(verdicts, gates)
+    overall = gate.check({m: {"per_class_accuracy": i["per_class_recall"], "balanced_accuracy": i["balanced_accuracy"]}
+                          for m, i in info.items()}, list(data.classes), explained,
+                         min_recall=mc.min_recall, min_explained_per_class=cfg.min_explained())
     with atomic_open(out_dir / "summary.csv", "w", encoding="utf-8", newline="") as fh:
         summary_df.to_csv(fh, index=False, float_format="%.6g")
     summary = {
@@ -310,6 +319,15 @@ def evaluate_run(
         "standard": standard,
         "models": info,
         "n_images": int(n),
+        "comparable": overall.comparable,
+        "gate": {
+            **overall.to_dict(),
+            "rule": f"every compared model recalls every class at >= {mc.min_recall:.2f} on the test split, "
+                    f"and every class has >= {cfg.min_explained()} explained images",
+            "pairs": [{"robust": r, "standard": st, "comparable": g.comparable, "reasons": g.reasons}
+                      for (r, st), g in sorted(gates.items())],
+        },
+        "explained_per_class": explained,
         "verdicts": verdicts,
         "metrics": _records(summary_df),
         "paired": [p.__dict__ for p in paired],
@@ -336,6 +354,26 @@ def evaluate_run(
 
     plots.write_plots(run_dir, per_image, summary)
     return out_dir
+
+
+def competence_gates(
+    info: dict[str, dict[str, Any]],
+    standard: str | None,
+    classes: list[str],
+    explained: dict[str, int],
+    cfg: Config,
+) -> dict[tuple[str, str], gate.Gate]:
+    """The competence gate of every (robust, standard) pair that the verdicts compare."""
+    if standard is None:
+        return {}
+    out = {}
+    for robust in sorted(m for m, i in info.items() if i["eps"] > 0):
+        pair = {m: {"per_class_accuracy": info[m]["per_class_recall"], "balanced_accuracy": info[m]["balanced_accuracy"]}
+                for m in (robust, standard)}
+        out[(robust, standard)] = gate.check(
+            pair, classes, explained, min_recall=cfg.metrics.min_recall, min_explained_per_class=cfg.min_explained()
+        )
+    return out
 
 
 def _no_nan(obj: Any) -> Any:

@@ -184,10 +184,22 @@ def _headline(run: RunContents) -> str:
         mt = (info.meta or {}).get("metrics") or {}
         robust = mt.get("robust_accuracy") or {}
         rob = ", ".join(f"eps={k}: {_pct(v)}" for k, v in robust.items())
+        recall = _recall_text(run, mt.get("per_class_accuracy"))
         items.append(
             f"<li><strong>{e(_model_label(run, name))}</strong>: clean accuracy {_pct(mt.get('clean_accuracy'))}, "
-            f"balanced {_pct(mt.get('balanced_accuracy'))}{'; robust ' + rob if rob else ''}</li>"
+            f"balanced {_pct(mt.get('balanced_accuracy'))}{'; robust ' + rob if rob else ''}"
+            f"{'; recall ' + e(recall) if recall else ''}</li>"
         )
+    gate = _gate(run)
+    if gate is not None and gate.get("comparable") is False:
+        reasons = gate.get("reasons") or []
+        items.append(
+            f'<li class="verdict-na"><strong>Not comparable</strong> ({e(gate.get("rule", "competence gate"))}): '
+            f"{e('; '.join(str(r) for r in reasons))}. The verdicts below are withheld; the paired differences "
+            "are descriptions only.</li>"
+        )
+    elif gate is not None and gate.get("comparable") is True:
+        items.append(f'<li class="note">Competence gate passed: {e(gate.get("rule", ""))}.</li>')
     verdicts = run.summary_json.get("verdicts") if isinstance(run.summary_json, dict) else None
     if isinstance(verdicts, list):
         for v in verdicts:
@@ -199,8 +211,57 @@ def _headline(run: RunContents) -> str:
     return f"<h3>At a glance</h3><ul>{''.join(items)}</ul>"
 
 
+def _gate(run: RunContents) -> dict[str, Any] | None:
+    """The competence gate recorded in metrics/summary.json (robsal.metrics.gate), if any."""
+    g = run.summary_json.get("gate") if isinstance(run.summary_json, dict) else None
+    return g if isinstance(g, dict) else None
+
+
+def _recall_text(run: RunContents, per_class: Any) -> str:
+    """'mel 0.62, nv 0.80, bkl 0.75' from a model.json per_class_accuracy (class -> recall)."""
+    if not isinstance(per_class, dict):
+        return ""
+    names = [c for c in run.classes if c in per_class] + [c for c in per_class if c not in run.classes]
+    return ", ".join(
+        f"{c} {per_class[c]:.2f}" if isinstance(per_class[c], (int, float)) else f"{c} n/a" for c in names
+    )
+
+
+def _gate_html_from(gate: dict[str, Any]) -> str:
+    """Per-class recall of every model and explained images per class, next to the verdicts."""
+    recall = gate.get("recall") if isinstance(gate.get("recall"), dict) else {}
+    explained = gate.get("explained") if isinstance(gate.get("explained"), dict) else {}
+    classes: list[str] = []  # in the order the gate recorded them (the run's class order)
+    for r in list(recall.values()) + [explained]:
+        classes += [c for c in (r if isinstance(r, dict) else {}) if c not in classes]
+    thr = gate.get("min_recall")
+    k_min = gate.get("min_explained_per_class")
+
+    def cell(v: Any, low: bool) -> str:
+        text = _fmt(v, 2)
+        return f'<span class="verdict-na">{text}</span>' if low else text
+
+    rows = []
+    for name, rec in recall.items():
+        rec = rec if isinstance(rec, dict) else {}
+        rows.append([e(name)] + [
+            cell(rec.get(c), not isinstance(rec.get(c), (int, float)) or (isinstance(thr, (int, float)) and rec[c] < thr))
+            for c in classes
+        ] + [_fmt((gate.get("balanced_accuracy") or {}).get(name), 3)])
+    if explained:
+        rows.append(["<em>explained images</em>"] + [
+            cell(explained.get(c), isinstance(k_min, int) and int(explained.get(c, 0)) < k_min) for c in classes
+        ] + [""])
+    status = ('<strong class="verdict-supported">comparable</strong>' if gate.get("comparable")
+              else '<strong class="verdict-na">not comparable</strong>')
+    head = (f"<h3>Competence gate</h3><p class=\"note\">{status}: {e(gate.get('rule', ''))}. Test-split recall "
+            "per class (highlighted: below the threshold).</p>")
+    return head + _table(["model"] + [f"recall {e(c)}" for c in classes] + ["balanced accuracy"], rows)
+
+
 def _section_status(run: RunContents) -> str:
-    parts = ['<section id="status"><h2>Run status</h2>', _headline(run)]
+    gate = _gate(run)
+    parts = ['<section id="status"><h2>Run status</h2>', _headline(run), _gate_html_from(gate) if gate else ""]
     if run.stages:
         rows = []
         for stage, rec in run.stages.items():
@@ -582,6 +643,8 @@ def _verdict_class(text: str) -> str:
         return "verdict-contradicted"
     if low.startswith(("not supported", "mixed", "inconclusive")):
         return "verdict-not"
+    if low.startswith("not comparable"):
+        return "verdict-na"
     return ""
 
 
@@ -638,7 +701,7 @@ def _json_html(obj: Any, depth: int = 0) -> str:
 
 # summary.json keys (robsal.metrics.run.evaluate_run) shown by the plots instead of as tables
 SUMMARY_PLOTTED = ("faithfulness_curves", "sanity")
-SUMMARY_SHOWN = ("verdicts", "paired", "metrics", "models", "notes", "settings", "stability", "run", "standard",
+SUMMARY_SHOWN = ("gate", "comparable", "explained_per_class", "verdicts", "paired", "metrics", "models", "notes", "settings", "stability", "run", "standard",
                  "n_images", "seconds")
 
 
@@ -651,6 +714,8 @@ def _summary_html(summary: Any, alpha: float) -> str:
     if facts:
         out.append(f'<p class="note">{e("; ".join(facts))} (standard = the model every robust model is compared with; n = images explained).</p>')
     verdicts = summary.get("verdicts")
+    if isinstance(summary.get("gate"), dict):
+        out.append(_gate_html_from(summary["gate"]))
     if isinstance(verdicts, list) and verdicts and all(isinstance(v, dict) for v in verdicts):
         out.append("<h3>Claims of the paper: verdicts</h3>")
         out.append(

@@ -415,7 +415,11 @@ def _save_model(
             model.to(memory_format=torch.contiguous_format), model_dir,
             name=spec.name,
             eps=float(spec.eps),
-            eps_l2=adversary.eps if adversary is not None else 0.0,
+            eps_l2=adversary.eps if adversary is not None else 0.0,  # the effective radius trained against
+            eps_scaling=None if cfg.adversary.eps_reference_size is None else {
+                "rule": cfg.adversary.eps_scaling, "reference_size": cfg.adversary.eps_reference_size,
+                "image_size": cfg.data.image_size,
+            },
             adversary=None if adversary is None else {
                 "norm": adversary.norm, "steps": adversary.steps, "step_size": adversary.step_size,
                 "random_start": adversary.random_start,
