@@ -1,8 +1,10 @@
-"""Wall time and peak memory of the main job (``robsal run``) on this machine.
+"""Wall time and peak memory of the main job (``robsal run``) on this machine, and what it found.
 
 Runs ``robsal run --config PRESET`` in a child process into a fresh temporary run
 directory and prints its wall time and peak resident memory (the child's maximum
-RSS, as ``/usr/bin/time -v`` would report it).
+RSS, as ``/usr/bin/time -v`` would report it), the time of every stage, then from the
+run directory: clean accuracy and per-class test recall of every model, the explained
+images per class, the Grad-CAM grid, the competence gate and the verdict table.
 
     python bench/main_job.py --config quick [--threads N] [--keep DIR]
 """
@@ -40,7 +42,59 @@ def main() -> int:
     print(f"wall time: {wall:.1f} s ({wall / 60:.2f} min)")
     print(f"peak memory (max RSS of the child): {peak_kib / 1024**2:.2f} GiB")
     print(f"report: {out / 'report.html'}")
+    if proc.returncode == 0:
+        describe(out)
     return proc.returncode
+
+
+def describe(run: Path) -> None:
+    """What the run found, from its files (model.json, stages.json, saliency, summary.json)."""
+    import json
+
+    import numpy as np
+
+    stages = json.loads((run / "stages.json").read_text()) if (run / "stages.json").exists() else {}
+    stages = stages.get("stages", stages)
+    print("stages (s): " + ", ".join(f"{k} {v.get('seconds', '?')}" for k, v in stages.items() if isinstance(v, dict)))
+    for meta_path in sorted((run / "models").glob("*/model.json")):
+        meta = json.loads(meta_path.read_text())
+        m = meta.get("metrics", {})
+        rec = ", ".join(f"{c} {v:.2f}" for c, v in (m.get("per_class_accuracy") or {}).items())
+        rob = ", ".join(f"eps {k}: {v:.1%}" for k, v in (m.get("robust_accuracy") or {}).items())
+        print(f"{meta_path.parent.name}: eps_l2 {meta.get('eps_l2', 0):.3f}, train {meta.get('train_seconds', 0):.0f} s, "
+              f"clean {m.get('clean_accuracy', float('nan')):.1%}, balanced {m.get('balanced_accuracy', float('nan')):.1%}; "
+              f"recall {rec}; robust {rob}")
+    sel = run / "saliency" / "selection.json"
+    if sel.exists():
+        print(f"explained images per class: {json.loads(sel.read_text()).get('selected')}")
+    models = sorted((run / "models").glob("*/model.safetensors"))
+    if models:
+        import torch
+
+        from robsal.config import load_run_config
+        from robsal.models import load
+        from robsal.saliency.methods import resolve_layer
+
+        cfg = load_run_config(run)
+        net = load(models[0].parent)
+        layer = resolve_layer(net, cfg.saliency.gradcam_layer)
+        shape = {}
+        def grab(mod, inp, out):  # noqa: ANN001 - a forward hook that returns None keeps the output
+            shape["hw"] = tuple(out.shape[-2:])
+
+        hook = layer.register_forward_hook(grab)
+        with torch.no_grad():
+            net(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))
+        hook.remove()
+        print(f"Grad-CAM on {cfg.saliency.gradcam_layer or 'the default layer (net.layer4)'}: "
+              f"{shape['hw'][0]}x{shape['hw'][1]} cells at {cfg.data.image_size} px")
+    summary = run / "metrics" / "summary.json"
+    if summary.exists():
+        doc = json.loads(summary.read_text())
+        print(f"comparable: {doc.get('comparable')}; gate reasons: {(doc.get('gate') or {}).get('reasons')}")
+        print(f"{'claim':10} {'method':30} verdict")
+        for v in doc.get("verdicts", []):
+            print(f"{v.get('claim', ''):10} {v.get('robust', '') + '/' + v.get('method', ''):30} {v.get('verdict')}")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,15 @@ def test_sweep_writes_every_cell_and_the_aggregate_table(killed_and_resumed):
 
     doc = json.loads((out / "sweep" / "table.json").read_text())
     assert len(doc["rows"]) == len(table) and doc["grid"] == {"eps": [0.0, 1.0], "seed": [0, 1]}
+    # the competence gate over the cells: recomputed here from each cell's per-class test recall
+    expected = []
+    for cell in ("eps0_seed0", "eps0_seed1", "eps1_seed0", "eps1_seed1"):
+        recall = json.loads((out / "models" / cell / "model.json").read_text())["metrics"]["per_class_accuracy"]
+        expected += [f"{cell} recalls {c} at {v:.2f} (< 0.50)" for c, v in recall.items() if v < 0.5]
+    assert doc["gate"]["reasons"] == expected and doc["comparable"] is (not expected)
+    assert set(doc["gate"]["per_eps"]) == {"0", "1"}
+    assert (table[table["section"] != "accuracy"]["comparable"] == (not expected)).all()
+    assert table[table["section"] == "accuracy"]["comparable"].isna().all()
     opt = json.loads((out / "sweep" / "optimal_eps.json").read_text())
     assert opt["n_images"] == 6 and sum(opt["counts"].values()) == 6
     assert opt["share_in_band"] == 0.0  # no eps of this grid lies in [3, 5]
