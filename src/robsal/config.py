@@ -206,6 +206,7 @@ class SaliencyConfig:
     n_per_class: int = 10  # test images explained per class (correct for every model)
     target: Literal["label", "prediction"] = "label"
     ig_steps: int = 50
+    ig_baselines: int = 1  # random IG baselines averaged per image (the paper: 1)
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15  # fraction of the input range
     reduction: Literal["paper", "captum"] = "paper"
@@ -556,6 +557,7 @@ def validate(cfg: Config) -> None:
          "must be >= 1 or null")
     need(cfg.saliency.n_per_class >= 1, "saliency.n_per_class", "must be >= 1")
     need(cfg.saliency.ig_steps >= 1, "saliency.ig_steps", "must be >= 1")
+    need(cfg.saliency.ig_baselines >= 1, "saliency.ig_baselines", "must be >= 1")
     need(cfg.saliency.smoothgrad_samples >= 1, "saliency.smoothgrad_samples", "must be >= 1")
     need(cfg.saliency.smoothgrad_noise >= 0, "saliency.smoothgrad_noise", "must be >= 0")
     need(cfg.saliency.batch_size >= 1, "saliency.batch_size", "must be >= 1")

@@ -117,3 +117,78 @@ def test_in_place_cascade_equals_fresh_copies(resnet):
     fresh = sanity.randomised_copy(resnet, stages[2][1], seed=4)
     for (k, a), b in zip(rnd.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+# --------------------------------------------------------------------------- per-image seeds
+
+
+class _Tiny(nn.Module):
+    """Two convs and a linear head at 16 px, 3 classes (non-linear: IG/SmoothGrad depend on the draws)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 4, 3, padding=1, stride=2))
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.gelu(self.body(x)).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients_uniform", "smoothgrad"])
+def test_default_explain_fn_with_ids_reproduces_the_stored_maps(method):
+    """Recomputed with image ids, a random method's map equals the saliency stage's
+    (seeded per image from run seed and id), whatever the metrics' batching."""
+    from robsal.config import load_config
+    from robsal.metrics.explainer import compute_maps, default_explain_fn
+    from robsal.saliency import explain, image_seed
+    from robsal.saliency.visualize import reduce_channels
+
+    torch.manual_seed(0)
+    model = _Tiny().eval()
+    cfg = load_config("tiny", ["seed=4", "saliency.ig_steps=6", "saliency.smoothgrad_samples=3"])
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 2, 0, 1])
+    ids = [f"ISIC_{i}" for i in range(5)]
+    from robsal.saliency.run import method_options
+
+    stored = explain(model, x, t, method, **method_options(cfg, method, ids))
+    stored = np.asarray(reduce_channels(stored, "paper"), dtype=np.float64)  # sum over RGB of |a|
+    fn = default_explain_fn(cfg)
+    again = compute_maps(fn, model, x, t, method, batch_size=2, image_ids=ids)
+    np.testing.assert_allclose(again, stored, rtol=1e-5, atol=1e-6 * stored.max())
+    # one image alone, ids given: its stored map
+    one = compute_maps(fn, model, x[3:4], t[3:4], method, image_ids=ids[3:4])
+    np.testing.assert_allclose(one[0], stored[3], rtol=1e-5, atol=1e-6 * stored.max())
+    # without ids the default is still deterministic (seeded per position)
+    a = compute_maps(fn, model, x, t, method, batch_size=2)
+    np.testing.assert_array_equal(a, compute_maps(fn, model, x, t, method, batch_size=2))
+    # no config: run seed 0
+    plain = default_explain_fn()(model, x[:2], t[:2], method, image_ids=ids[:2])
+    ref = explain(model, x[:2], t[:2], method, seed=[image_seed(0, i) for i in ids[:2]])
+    torch.testing.assert_close(plain, ref, rtol=0, atol=0)
+
+
+def test_image_ids_reach_explain_fns_that_take_them():
+    """sanity and max-sensitivity hand the ids on batch by batch; a 4-argument ExplainFn still works."""
+    seen: list[list[str]] = []
+
+    def with_ids(model, images, targets, method, image_ids=None):  # noqa: ANN001, ANN202
+        seen.append(list(image_ids))
+        return grad_explain(model, images, targets, method)
+
+    torch.manual_seed(0)
+    model = _Tiny().eval()
+    x = torch.rand(3, 3, 16, 16)
+    t = torch.tensor([0, 1, 2])
+    ids = ["a", "b", "c"]
+    res = sanity.cascading_randomisation(model, x, t, "gradient", with_ids, batch_size=2, image_ids=ids)
+    assert seen and all(s in (["a", "b"], ["c"]) for s in seen)
+    assert len(seen) == 2 * (1 + len(res.stages))
+    seen.clear()
+    stability.max_sensitivity(model, x, t, "gradient", with_ids, samples=2, batch_size=2, image_ids=ids)
+    assert seen == [["a", "b"], ["c"]] * 3
+    # an ExplainFn without an image_ids parameter is called as before
+    old = sanity.cascading_randomisation(model, x, t, "gradient", grad_explain, batch_size=2, image_ids=ids)
+    np.testing.assert_array_equal(old.spearman["body"], res.spearman["body"])
+    with pytest.raises(ValueError, match="2 image ids for 3 images"):
+        stability.max_sensitivity(model, x, t, "gradient", with_ids, image_ids=ids[:2])

@@ -16,6 +16,8 @@ from robsal.saliency import (
     scaled_occlusion_geometry,
 )
 
+from robsal.saliency.seeds import image_generators, per_image_seeds
+
 from .conftest import Linear, RegionModel, hook_count
 
 FAST = {
@@ -70,7 +72,8 @@ def test_integrated_gradients_completeness(smooth_cnn, images, baseline):
     model = smooth_cnn
     targets = torch.tensor([0, 1, 2, 0])
     attr, delta = integrated_gradients_with_delta(model, images, targets, baseline=baseline, n_steps=200, seed=3)
-    base = make_baseline(images, baseline, generator=torch.Generator().manual_seed(3))
+    # seed=3: image i's baseline comes from its own generator, seeded position_seed(3, i)
+    base = make_baseline(images, baseline, generator=image_generators(per_image_seeds(3, len(images))))
     with torch.no_grad():
         gap = (model(images) - model(base))[torch.arange(4), targets]
     total = attr.sum(dim=(1, 2, 3))
@@ -86,7 +89,7 @@ def test_integrated_gradients_closed_form_on_linear_model():
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([1, 2])
     attr = explain(model, x, t, "integrated_gradients_uniform", n_steps=5, n_baselines=3, seed=7)
-    g = torch.Generator().manual_seed(7)
+    g = image_generators(per_image_seeds(7, 2))  # per image; 3 successive draws each
     mean_base = torch.stack([make_baseline(x, "uniform", generator=g) for _ in range(3)]).mean(0)
     torch.testing.assert_close(attr, (x - mean_base) * model.w[t].detach(), rtol=1e-4, atol=1e-5)
 

@@ -5,16 +5,29 @@ fresh maps (of a randomised model, of a perturbed input). They all go through an
 ``ExplainFn``: ``fn(model, images, targets, method) -> attributions (N, C, H, W)``,
 which by default is :func:`robsal.saliency.explain` with the run's saliency options.
 Tests pass a stub (e.g. a plain autograd input gradient) instead.
+
+Random methods (IG baselines, SmoothGrad noise) are seeded per image. An ``ExplainFn``
+may take a keyword ``image_ids`` (the ids of ``images``, in order); the default one
+does, and then seeds image i from (run seed, ``image_ids[i]``) exactly as the saliency
+stage did, so a recomputed map of the unchanged model equals the stored one. Without
+ids (``image_ids=None``, or an ``ExplainFn`` that takes no ``image_ids``) it seeds
+from (run seed, position of the image in the call): still deterministic, and the same
+images at the same positions get the same draws on every recomputation (the original
+and randomised models of the sanity cascade, clean and perturbed inputs of
+max-sensitivity), so the comparisons stay valid; only their draws differ from the
+stored maps'.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-ExplainFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, str], torch.Tensor]
+ExplainFn = Callable[..., torch.Tensor]
+"""``fn(model, images (N, C, H, W), targets (N,), method[, image_ids=...]) -> (N, C, H, W)``."""
 
 
 def reduce_channels(attributions: torch.Tensor) -> torch.Tensor:
@@ -24,6 +37,15 @@ def reduce_channels(attributions: torch.Tensor) -> torch.Tensor:
     return attributions.abs().sum(dim=1)
 
 
+def takes_image_ids(explain_fn: ExplainFn) -> bool:
+    """Whether ``explain_fn`` accepts the keyword ``image_ids`` (or any keyword)."""
+    try:
+        params = inspect.signature(explain_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "image_ids" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def compute_maps(
     explain_fn: ExplainFn,
     model: torch.nn.Module,
@@ -31,11 +53,20 @@ def compute_maps(
     targets: torch.Tensor,
     method: str,
     batch_size: int = 16,
+    image_ids: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Channel-reduced maps (N, H, W) float64 of ``method``, computed in batches."""
+    """Channel-reduced maps (N, H, W) float64 of ``method``, computed in batches.
+
+    ``image_ids`` (N,): handed on, batch by batch, to an ``explain_fn`` that takes them
+    (module docstring); ignored by one that does not.
+    """
+    if image_ids is not None and len(image_ids) != images.shape[0]:
+        raise ValueError(f"{len(image_ids)} image ids for {images.shape[0]} images")
+    pass_ids = image_ids is not None and takes_image_ids(explain_fn)
     out = []
     for i in range(0, images.shape[0], batch_size):
-        a = explain_fn(model, images[i : i + batch_size], targets[i : i + batch_size], method)
+        kw = {"image_ids": [str(k) for k in image_ids[i : i + batch_size]]} if pass_ids else {}
+        a = explain_fn(model, images[i : i + batch_size], targets[i : i + batch_size], method, **kw)
         out.append(reduce_channels(a.detach()).double().cpu().numpy())
     return np.concatenate(out, axis=0)
 
@@ -43,17 +74,24 @@ def compute_maps(
 def default_explain_fn(cfg=None) -> ExplainFn:  # noqa: ANN001
     """:func:`robsal.saliency.explain` with the options the saliency stage used for each method.
 
-    With a config, the options come from ``robsal.saliency.run.method_options(cfg, method)``
-    (IG steps, SmoothGrad samples, seeds, ...), so recomputed maps match the stored ones.
+    With a config, the options come from ``robsal.saliency.run.method_options(cfg, method,
+    image_ids)`` (IG steps and baselines, SmoothGrad samples, seeds, ...). The returned
+    ``fn(model, images, targets, method, image_ids=None)`` seeds the random methods per
+    image: from (run seed, image id) when given the ids, so recomputed maps match the
+    stored ones; from (run seed, position in the call) otherwise (module docstring).
+    Without a config the run seed is 0 and the methods' defaults apply.
     """
-    from robsal.saliency import explain
+    from robsal.saliency import explain, get_method
+    from robsal.saliency.seeds import image_seeds
 
-    def fn(model, images, targets, method):  # noqa: ANN001, ANN202
+    def fn(model, images, targets, method, image_ids=None):  # noqa: ANN001, ANN202
         options: dict = {}
         if cfg is not None:
             from robsal.saliency.run import method_options
 
-            options = dict(method_options(cfg, method))
+            options = dict(method_options(cfg, method, image_ids))
+        elif image_ids is not None and get_method(method).random:
+            options = {"seed": image_seeds(0, [str(i) for i in image_ids])}
         return explain(model, images, targets, method, **options)
 
     return fn

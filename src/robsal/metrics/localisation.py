@@ -16,11 +16,26 @@ Dermoscopy lesions are large and centred, so chance levels are high: a uniform m
 relevance mass equal to the lesion's area share. :func:`lesion_area` (the chance level)
 and :func:`relevance_mass_lift` (relevance mass / area share; chance = 1) are reported
 beside the raw scores for that reason.
+
+Boundary-aware localisation (*secondary* metrics). Gradients of robust models are known to
+follow edges, and a lesion's edge lies half outside its mask, so strict relevance mass
+undercounts maps that sit on the outline. :func:`relevance_mass_dilated` (mass within the
+mask dilated by a tolerance) and :func:`border_share` (mass on the band of width
+``tolerance`` either side of the mask's boundary; chance level :func:`border_area`) measure
+that. The tolerance follows the pointing game of Zhang et al. 2016 ("Top-down neural
+attention by excitation backprop", ECCV 2016), which counts a hit within 15 px of the object
+at 224 px input, scaled to the input size by :func:`tolerance_px`. They are secondary: they
+are reported, and compared robust vs standard, beside the primary scores, but no claim's
+verdict (:data:`robsal.metrics.stats.CLAIMS`) uses them, because they were added after the
+claims were fixed and a tolerance is a free choice that a verdict must not depend on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 from sklearn.metrics import roc_auc_score
 
 
@@ -134,3 +149,130 @@ LOCALISATION_METRICS = {
     "pointing_game": pointing_game,
     "auroc": auroc,
 }
+
+
+# --- boundary-aware localisation (secondary metrics) ------------------------------------
+
+TOLERANCE_REFERENCE_PX = 15.0
+"""Zhang et al. 2016's pointing-game tolerance: 15 px ..."""
+TOLERANCE_REFERENCE_SIZE = 224
+"""... at 224 px input."""
+
+
+def tolerance_px(
+    image_size: int, reference_px: float = TOLERANCE_REFERENCE_PX, reference_size: int = TOLERANCE_REFERENCE_SIZE
+) -> float:
+    """The boundary tolerance in pixels at ``image_size``: ``reference_px * image_size / reference_size``.
+
+    Zhang et al. 2016 (pointing game) count a hit within 15 px of the object at 224 px
+    input, i.e. 6.7 % of the image side; the same share of the side is kept at every size
+    (64 px -> 15 * 64 / 224 = 4.29 px). Not rounded: a pixel is within the tolerance when its
+    Euclidean distance is <= the returned float.
+    """
+    if image_size <= 0 or reference_size <= 0 or reference_px < 0:
+        raise ValueError(
+            f"tolerance_px needs image_size > 0, reference_size > 0, reference_px >= 0; "
+            f"got {image_size}, {reference_size}, {reference_px}"
+        )
+    return float(reference_px) * float(image_size) / float(reference_size)
+
+
+def _check_tolerance(tolerance: float) -> float:
+    t = float(tolerance)
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
+    return t
+
+
+def _masks3(masks: np.ndarray) -> np.ndarray:
+    m = np.asarray(masks).astype(bool)
+    if m.ndim != 3:
+        raise ValueError(f"masks {m.shape} must be (N, H, W)")
+    return m
+
+
+def dilate(masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """(N, H, W) bool: pixels whose Euclidean distance (between pixel centres) to the mask is <= ``tolerance``.
+
+    The binary dilation by a disc of radius ``tolerance``. An empty mask stays empty.
+    """
+    m, t = _masks3(masks), _check_tolerance(tolerance)
+    out = m.copy()
+    for i in range(m.shape[0]):
+        if m[i].any() and not m[i].all():
+            out[i] = distance_transform_edt(~m[i]) <= t  # 0 on the mask, distance to it elsewhere
+    return out
+
+
+def erode(masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """(N, H, W) bool: mask pixels farther than ``tolerance`` from every pixel outside the mask.
+
+    The binary erosion by a disc of radius ``tolerance``, with the image's outside counted as
+    unknown rather than background (an image edge that cuts a lesion is not its edge): a
+    mask that fills the image stays full.
+    """
+    m, t = _masks3(masks), _check_tolerance(tolerance)
+    out = m.copy()
+    for i in range(m.shape[0]):
+        if m[i].any() and not m[i].all():
+            out[i] = distance_transform_edt(m[i]) > t  # 0 off the mask, distance to the outside on it
+    return out
+
+
+def border_band(masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """(N, H, W) bool: pixels within ``tolerance`` of the mask's boundary, on either side.
+
+    ``dilate(masks, t) & ~erode(masks, t)``. Empty for an empty or full mask and for
+    ``tolerance`` < 1 (no pixel centre is that close to a pixel on the other side).
+    """
+    return dilate(masks, tolerance) & ~erode(masks, tolerance)
+
+
+def relevance_mass_dilated(maps: np.ndarray, masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """Share of saliency within ``tolerance`` px of the mask (mask dilated by a disc), in [0, 1].
+
+    Secondary metric (see the module docstring): it forgives maps on the lesion's outline.
+    ``tolerance`` = 0 is :func:`relevance_mass`. NaN where the map sums to 0 or the mask is
+    empty.
+    """
+    _flat(maps, masks)  # shape check
+    return relevance_mass(maps, dilate(masks, tolerance))
+
+
+def border_share(maps: np.ndarray, masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """Share of saliency on the border band (:func:`border_band`), in [0, 1].
+
+    Secondary metric (see the module docstring): how much of the map sits on the lesion's
+    outline, within ``tolerance`` px inside or outside it. Chance level: :func:`border_area`.
+    NaN where the map sums to 0, the mask is empty, or the band is empty (a full mask, or
+    ``tolerance`` < 1).
+    """
+    a, _ = _flat(maps, masks)
+    band = border_band(masks, tolerance).reshape(a.shape)  # (N, H*W)
+    out = _safe_div((a * band).sum(1), a.sum(1))
+    out[band.sum(1) == 0] = np.nan
+    return out
+
+
+def border_area(masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """Share of the image on the border band, in [0, 1]: the chance level of :func:`border_share`.
+
+    Like :func:`lesion_area` a property of the mask, never compared robust vs standard.
+    NaN where the band is empty (as :func:`border_share`).
+    """
+    band = border_band(masks, tolerance)
+    out = band.reshape(band.shape[0], -1).mean(axis=1)
+    out[out == 0] = np.nan
+    return out
+
+
+SECONDARY_LOCALISATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "relevance_mass_dilated": relevance_mass_dilated,
+    "border_share": border_share,
+    "border_area": lambda maps, masks, tolerance: border_area(masks, tolerance),  # chance level; maps unused
+}
+"""Secondary localisation metrics: name -> ``fn(maps, masks, tolerance) -> (N,)``.
+
+Reported beside the primary ones and in no claim's verdict; ``border_area`` is a chance
+level and is not compared robust vs standard (``robsal.metrics.run.NOT_COMPARED``).
+"""

@@ -20,6 +20,7 @@ are the same at every stage of the cascade.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,11 +145,18 @@ def cascading_randomisation(
     *,
     seed: int = 0,
     batch_size: int = 16,
+    image_ids: Sequence[str] | None = None,
 ) -> SanityResult:
-    """Run the cascade on images (N, 3, H, W) in [0, 1] (N >= 2 for the floor)."""
+    """Run the cascade on images (N, 3, H, W) in [0, 1] (N >= 2 for the floor).
+
+    ``image_ids`` (N,): handed to ``explain_fn`` so that random methods draw each image's
+    baselines/noise from (run seed, image id), as the stored maps
+    (:mod:`robsal.metrics.explainer`); without them the draws follow the image's
+    position, the same for the original and every randomised model, so the
+    similarities stay comparisons at equal noise either way."""
     if images.shape[0] < 2:
         raise ValueError("the sanity check needs at least 2 images (for the random-pair floor)")
-    original = compute_maps(explain_fn, model, images, targets, method, batch_size)  # (N, H, W)
+    original = compute_maps(explain_fn, model, images, targets, method, batch_size, image_ids)  # (N, H, W)
     shifted = np.roll(original, -1, axis=0)
     res = SanityResult(
         stages=[], floor_spearman=spearman_maps(original, shifted), floor_ssim=ssim_maps(original, shifted)
@@ -158,7 +166,7 @@ def cascading_randomisation(
     for label, prefixes in randomisation_stages(model):
         randomise_(rnd, [p for p in prefixes if p not in done], seed)
         done = list(prefixes)
-        maps = compute_maps(explain_fn, rnd, images, targets, method, batch_size)
+        maps = compute_maps(explain_fn, rnd, images, targets, method, batch_size, image_ids)
         res.stages.append(label)
         res.spearman[label] = spearman_maps(original, maps)
         res.ssim[label] = ssim_maps(original, maps)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -53,19 +54,23 @@ def max_sensitivity(
     samples: int = 4,
     seed: int = 0,
     batch_size: int = 16,
+    image_ids: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Max relative Frobenius change of the map under uniform L-inf noise: (N,) >= 0.
 
-    NaN where the original map is all zero.
+    NaN where the original map is all zero. ``image_ids`` (N,): handed to ``explain_fn``
+    (per-image seeds of the random methods, :mod:`robsal.metrics.explainer`); with or
+    without them an image's baselines/noise are the same for x and every x + d, so the
+    change measures the input perturbation, not fresh method noise.
     """
-    base = compute_maps(explain_fn, model, images, targets, method, batch_size)  # (N, H, W)
+    base = compute_maps(explain_fn, model, images, targets, method, batch_size, image_ids)  # (N, H, W)
     norm = np.sqrt((base**2).reshape(base.shape[0], -1).sum(1))
     gen = torch.Generator().manual_seed(seed)
     worst = np.zeros(base.shape[0])
     for _ in range(samples):
         noise = (torch.rand(images.shape, generator=gen) * 2 - 1) * radius
         noisy = (images + noise.to(images.device, images.dtype)).clamp(0, 1)
-        maps = compute_maps(explain_fn, model, noisy, targets, method, batch_size)
+        maps = compute_maps(explain_fn, model, noisy, targets, method, batch_size, image_ids)
         diff = np.sqrt(((maps - base) ** 2).reshape(base.shape[0], -1).sum(1))
         worst = np.maximum(worst, diff)
     out = np.full(base.shape[0], np.nan)

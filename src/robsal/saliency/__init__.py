@@ -1,7 +1,8 @@
 """Saliency maps (paper Appendix B): one interface over Captum, visualisation, figures.
 
 Public: :func:`explain` (stable), :data:`METHODS`, :func:`explain_run`,
-:func:`integrated_gradients_with_delta`, :func:`reduce_channels`, :func:`normalize_map`.
+:func:`integrated_gradients_with_delta`, :func:`reduce_channels`, :func:`normalize_map`,
+:func:`image_seed` (the per-image seed of the random methods).
 """
 
 from robsal.saliency.methods import (
@@ -13,6 +14,7 @@ from robsal.saliency.methods import (
     scaled_occlusion_geometry,
 )
 from robsal.saliency.run import explain_run, select_images
+from robsal.saliency.seeds import image_seed
 from robsal.saliency.visualize import normalize_map, reduce_channels, to_display
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "explain",
     "explain_run",
     "get_method",
+    "image_seed",
     "integrated_gradients_with_delta",
     "make_baseline",
     "normalize_map",

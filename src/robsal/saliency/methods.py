@@ -23,13 +23,20 @@ name                               Captum class / paper section                 
                                                                                  n_baselines, seed
 ``integrated_gradients_uniform``   IG with a U[0, 1] baseline (Fig. 1, 6)        as above
 ``integrated_gradients_gaussian``  IG with an image + N(0, 1) baseline (Fig. 6)  as above
-``smoothgrad`` / ``smoothgrad_sq`` NoiseTunnel(Saliency) (Smilkov et al.)        n_samples, noise, seed
+``smoothgrad`` / ``smoothgrad_sq`` NoiseTunnel(Saliency)'s formula (Smilkov)     n_samples, noise, seed
 ``occlusion``                      Occlusion, B.3                                window, stride
 ``gradcam``                        LayerGradCam on ``net.layer4``, B.4           layer
 =================================  ============================================  ==========
 
+Random draws per image. IG's random baselines and SmoothGrad's noise of image i come
+from a CPU generator seeded with image i's own seed (``seed``: N per-image seeds, e.g.
+:func:`robsal.saliency.seeds.image_seed` of (run seed, image id) as ``explain_run``
+passes, or an int from which the seed of position i is derived), so a map never depends
+on the batch it was computed in. ``n_baselines`` (config ``saliency.ig_baselines``)
+averages IG over that many baselines, image i's successive draws.
+
 Every method batches its inner work (IG interpolation steps via Captum's
-``internal_batch_size``, SmoothGrad samples via ``nt_samples_batch_size``,
+``internal_batch_size``, SmoothGrad samples (noisy copies) in passes,
 occlusion windows via ``perturbations_per_eval``), so memory stays bounded by
 ``inner_batch`` forward passes of the model at once; on CPU also by
 :data:`CPU_PASS_PIXELS` pixels per pass (8 images at 224 px), where larger passes
@@ -73,7 +80,7 @@ import copy
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,13 +91,13 @@ from captum.attr import (
     IntegratedGradients,
     LayerAttribution,
     LayerGradCam,
-    NoiseTunnel,
     Occlusion,
     Saliency,
 )
 from torch import nn
 
 from robsal.errors import ConfigError
+from robsal.saliency.seeds import image_generators, per_image_seeds
 
 # Occlusion geometry of Appendix B.3: 50x50 px patches, stride 25 px, at 224 px input.
 OCCLUSION_WINDOW_224 = 50
@@ -176,19 +183,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Run with torch's global RNG seeded (for Captum code that takes no generator),
-    restoring the caller's RNG state afterwards."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def _passes(inner_batch: int, images: torch.Tensor) -> int:
     """Images per forward pass: ``inner_batch``, on CPU at most ``CPU_PASS_PIXELS / (H*W)``;
     at least 1."""
@@ -203,11 +197,21 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, max(1, size))]
 
 
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    """A CPU generator: the caller's, or a fresh one seeded with ``seed`` (0 when None)."""
+Seed = int | Sequence[int] | torch.Tensor | None
+"""The ``seed`` option of the random methods: an int, N per-image integer seeds, or None
+(:func:`robsal.saliency.seeds.per_image_seeds`)."""
+
+
+def _generators(
+    seed: Seed, generator: torch.Generator | None, n: int
+) -> torch.Generator | list[torch.Generator]:
+    """Where the random draws of ``n`` images come from: the caller's ``generator``
+    (draws for the whole batch at once, so they depend on the batch), else one fresh CPU
+    generator per image, seeded with its per-image seed (``seed``: see
+    :func:`robsal.saliency.seeds.per_image_seeds`)."""
     if generator is not None:
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return image_generators(per_image_seeds(seed, n))
 
 
 # --------------------------------------------------------------------------- fast input gradients
@@ -446,7 +450,7 @@ def make_baseline(
     images: torch.Tensor,
     baseline: str | torch.Tensor,
     *,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     blur_sigma: float | None = None,
 ) -> torch.Tensor:
     """An IG baseline for ``images`` (N, C, H, W) in [0, 1] (paper Appendix B.2).
@@ -459,16 +463,25 @@ def make_baseline(
     * ``blur``: a Gaussian blur of the image (:func:`_blur`);
     * a tensor broadcastable to the images.
 
-    Random draws come from ``generator`` (a CPU generator, so CPU and GPU runs draw the
-    same numbers) and are then moved to the images' device.
+    Random draws come from ``generator``, CPU generators, so CPU and GPU runs draw the
+    same numbers, then moved to the images' device: one generator draws the (N, C, H, W)
+    batch at once; a sequence of N generators (what :func:`explain` uses) draws image
+    i's (C, H, W) from ``generator[i]``, so an image's baseline does not depend on the
+    other images. Called again with the same generators, it draws the next baselines.
     """
     if isinstance(baseline, torch.Tensor):
         return baseline.to(images.device, images.dtype).expand_as(images)
-    if baseline == "uniform":
-        return torch.rand(images.shape, generator=generator).to(images.device, images.dtype)
-    if baseline == "gaussian":
-        noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
-        return images + noise
+    if baseline in ("uniform", "gaussian"):
+        draw = torch.rand if baseline == "uniform" else torch.randn
+        if isinstance(generator, torch.Generator):
+            values = draw(images.shape, generator=generator)
+        else:
+            if len(generator) != images.shape[0]:
+                raise ValueError(f"{len(generator)} generators for {images.shape[0]} images")
+            # (C, H, W) per image -> (N, C, H, W)
+            values = torch.stack([draw(images.shape[1:], generator=g) for g in generator])
+        values = values.to(images.device, images.dtype)
+        return values if baseline == "uniform" else images + values
     if baseline == "black":
         return torch.zeros_like(images)
     if baseline == "blur":
@@ -509,7 +522,7 @@ def integrated_gradients_with_delta(
     baseline: str | torch.Tensor = "uniform",
     n_steps: int = 50,
     n_baselines: int = 1,
-    seed: int | None = 0,
+    seed: Seed = 0,
     generator: torch.Generator | None = None,
     blur_sigma: float | None = None,
     inner_batch: int = DEFAULT_INNER_BATCH,
@@ -523,7 +536,9 @@ def integrated_gradients_with_delta(
     the identity with f(baseline) averaged too). Gauss-Legendre quadrature with
     ``n_steps`` points; the N x n_baselines x n_steps interpolated images are run
     ``inner_batch`` at a time. The model runs in eval mode; ``fast``: through its
-    :func:`input_gradient_view` (module docstring).
+    :func:`input_gradient_view` (module docstring). Random baselines are drawn per image
+    as in :func:`explain` (``seed``: an int or N per-image seeds; ``generator``: one
+    generator for the whole batch instead).
     """
     images = images.detach().float().requires_grad_(True)
     with _attribution_mode(model, fast) as forward:
@@ -534,7 +549,7 @@ def integrated_gradients_with_delta(
             baseline=baseline,
             n_steps=n_steps,
             n_baselines=n_baselines,
-            gen=_generator(seed, generator),
+            gen=_generators(seed, generator, images.shape[0]),
             blur_sigma=blur_sigma,
             inner_batch=inner_batch,
             with_delta=True,
@@ -550,7 +565,7 @@ def _integrated_gradients(
     baseline: str | torch.Tensor,
     n_steps: int,
     n_baselines: int,
-    gen: torch.Generator,
+    gen: torch.Generator | list[torch.Generator],
     blur_sigma: float | None,
     inner_batch: int,
     with_delta: bool,
@@ -564,7 +579,9 @@ def _integrated_gradients(
     # repeated n_baselines times, (N, C, H, W) -> (B*N, C, H, W), row b*N + i.
     x = images.repeat(n_baselines, 1, 1, 1) if n_baselines > 1 else images
     t = targets.repeat(n_baselines)
-    # All baselines are drawn first, so how the rows are split below changes nothing.
+    # All baselines are drawn first, so how the rows are split below changes nothing;
+    # with per-image generators, image i's baselines b = 0, 1, ... are the successive
+    # draws of its own generator (the first is the n_baselines = 1 baseline).
     base = torch.cat([make_baseline(images, baseline, generator=gen, blur_sigma=blur_sigma) for _ in range(n_baselines)])
     passes = _passes(inner_batch, images)
     ig = IntegratedGradients(model)
@@ -599,7 +616,7 @@ def _ig(default_baseline: str | None) -> Callable[..., torch.Tensor]:
         baseline: str | torch.Tensor | None = None,
         n_steps: int = 50,
         n_baselines: int = 1,
-        seed: int | None = 0,
+        seed: Seed = 0,
         generator: torch.Generator | None = None,
         blur_sigma: float | None = None,
         inner_batch: int = DEFAULT_INNER_BATCH,
@@ -618,7 +635,7 @@ def _ig(default_baseline: str | None) -> Callable[..., torch.Tensor]:
             baseline=baseline if baseline is not None else (default_baseline or "uniform"),
             n_steps=n_steps,
             n_baselines=n_baselines,
-            gen=_generator(seed, generator),
+            gen=_generators(seed, generator, images.shape[0]),
             blur_sigma=blur_sigma,
             inner_batch=inner_batch,
             with_delta=False,
@@ -652,6 +669,8 @@ register(
 
 
 def _smoothgrad(nt_type: str) -> Callable[..., torch.Tensor]:
+    squared = nt_type == "smoothgrad_sq"
+
     def fn(
         model: nn.Module,
         images: torch.Tensor,
@@ -659,41 +678,47 @@ def _smoothgrad(nt_type: str) -> Callable[..., torch.Tensor]:
         *,
         n_samples: int = 25,
         noise: float = 0.15,
-        seed: int | None = 0,
+        seed: Seed = 0,
         inner_batch: int = DEFAULT_INNER_BATCH,
     ) -> torch.Tensor:
-        """SmoothGrad: mean gradient (``smoothgrad_sq``: mean squared gradient) over
-        ``n_samples`` copies of the image with N(0, sigma^2) noise, sigma = ``noise`` x the
-        input range (1 in [0, 1] pixel space; Smilkov et al. suggest 0.1-0.2)."""
+        """SmoothGrad (Smilkov et al. 2017): mean gradient (``smoothgrad_sq``: mean squared
+        gradient) over ``n_samples`` copies x + N(0, sigma^2) of the image, sigma = ``noise``
+        x the input range (1 in [0, 1] pixel space; Smilkov et al. suggest 0.1-0.2).
+
+        The formula of Captum's ``NoiseTunnel(Saliency)`` (tested against it with the same
+        noise), but the noise of image i comes from its own CPU generator (seeded with
+        its per-image seed; sample s = the s-th (C, H, W) normal draw), not from torch's
+        global RNG, so a map does not depend on the other images of the call nor on how
+        the N x n_samples noisy copies are split into passes of ``inner_batch``.
+        """
         if n_samples < 1 or noise < 0:
             raise ConfigError(f"smoothgrad needs n_samples >= 1 and noise >= 0, got {n_samples}, {noise}")
-        passes = _passes(inner_batch, images)
-        nt = NoiseTunnel(Saliency(model))
-        out = []
-        # Captum draws the noise from torch's global RNG: seed it locally. Each call
-        # runs its images x ``per_batch`` samples per pass (images split when they
-        # alone exceed a pass); the noise is drawn call after call from one stream.
-        with _seeded(seed, images.device):
-            for sl in _chunks(images.shape[0], passes):
-                m = sl.stop - sl.start
-                out.append(
-                    nt.attribute(
-                        images[sl],
-                        nt_type=nt_type,
-                        nt_samples=n_samples,
-                        nt_samples_batch_size=max(1, min(n_samples, passes // m)),
-                        stdevs=float(noise) * 1.0,  # input range of [0, 1] pixel space
-                        target=targets[sl],
-                        abs=False,
-                    )
-                )
-        return torch.cat(out)
+        n = images.shape[0]
+        gens = image_generators(per_image_seeds(seed, n))
+        sigma = float(noise) * 1.0  # input range of [0, 1] pixel space
+        x0 = images.detach()
+        sal = Saliency(model)
+        acc = torch.zeros_like(x0)  # (N, C, H, W): sum over samples
+        # Row r of the N x S noisy copies is image r // S, sample r % S (image major);
+        # ``_passes`` rows at a time.
+        for sl in _chunks(n * n_samples, _passes(inner_batch, images)):
+            owner = [r // n_samples for r in range(sl.start, sl.stop)]
+            # (P, C, H, W) noise, drawn sample by sample from each row's image generator
+            eps = torch.stack([torch.randn(x0.shape[1:], generator=gens[i]) for i in owner])
+            idx = torch.tensor(owner, device=x0.device)
+            noisy = (x0[idx] + (eps * sigma).to(x0.device, x0.dtype)).requires_grad_(True)
+            g = sal.attribute(noisy, target=targets[idx], abs=False).detach()
+            if squared:
+                g = g * g
+            for j, i in enumerate(owner):  # samples added in order: the same sum for every split
+                acc[i] += g[j]
+        return acc / n_samples
 
     return fn
 
 
 register(
-    "smoothgrad", "SmoothGrad: gradient averaged over noisy copies (NoiseTunnel)", random=True, input_gradients=True
+    "smoothgrad", "SmoothGrad: gradient averaged over noisy copies (Smilkov et al.)", random=True, input_gradients=True
 )(
     _smoothgrad("smoothgrad")
 )
@@ -832,8 +857,23 @@ def explain(
     :func:`input_gradient_view` of the model (module docstring); ``False`` runs Captum
     on the model as given (for debugging; the maps agree to float rounding).
     ``options`` go to the method (see the module docstring); an option the method does
-    not take is a ConfigError naming it. Random methods are deterministic for a given
-    ``seed`` (default 0) and batch size.
+    not take is a ConfigError naming it.
+
+    Random methods (flag ``random``: IG's uniform/Gaussian baselines, SmoothGrad's
+    noise) draw per image: image i's draws come from a CPU ``torch.Generator`` seeded
+    with its own seed (then moved to the device, so CPU and GPU draw the same numbers),
+    so its map does not depend on ``batch_size``, on the pass layout or on the other
+    images. ``seed`` (default 0):
+
+    * N per-image integer seeds (sequence, array or tensor, e.g.
+      :func:`robsal.saliency.image_seed` of each image id, as ``explain_run`` does):
+      the map of an image is then the same alone, in any batch, at any position;
+    * an int: image i gets ``position_seed(seed, i)``, i its position in ``images``
+      (reproducible for the same images in the same order);
+    * None: per-image seeds drawn from torch's global RNG.
+
+    IG's ``generator=`` (one generator for the whole call) is still accepted; its draws
+    then depend on the batch.
     """
     entry = get_method(method)
     if images.ndim != 4:
@@ -854,14 +894,16 @@ def explain(
             f"saliency method {method!r} takes no option {unknown[0]!r}; it takes: {', '.join(sorted(accepted)) or 'none'}"
         )
     step = batch_size or images.shape[0]
-    seed = options.get("seed", 0)
+    seeds = None  # (N,) per-image seeds, sliced with the images below
+    if entry.random and "seed" in accepted and options.get("generator") is None:
+        seeds = per_image_seeds(options.get("seed", 0), images.shape[0])
     out = []
     with _attribution_mode(model, fast) as view:
         forward = view if entry.input_gradients else model
         for i in range(0, images.shape[0], step):
             opts = dict(options)
-            if entry.random and options.get("generator") is None and seed is not None:
-                opts["seed"] = int(seed) + i  # fresh noise per batch, reproducible per batch size
+            if seeds is not None:
+                opts["seed"] = seeds[i : i + step]
             a = entry.fn(forward, images[i : i + step], targets[i : i + step], **opts)
             out.append(a.detach().float())
     attr = torch.cat(out)

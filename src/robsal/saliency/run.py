@@ -22,6 +22,13 @@ and the figures ``RUN/figures/saliency_<method>.{png,pdf}`` (Figure 1/5 style) a
 files of an earlier call that explain another image list are deleted, so that every
 file of the run explains the same images.
 
+Random draws per image: the random methods (IG with uniform/Gaussian baselines,
+SmoothGrad) draw image i's baselines / noise from a generator seeded with
+``image_seed(cfg.seed, image_id)`` (:mod:`robsal.saliency.seeds`), so a saved map is the
+same whatever ``saliency.batch_size``, the order of the images or the other images
+selected. ``saliency.ig_baselines`` (default 1, as the paper) averages IG over that
+many random baselines per image.
+
 Image selection (paper Section 2: "all showcased saliency maps are computed on
 correctly-classified images"): test images classified correctly by *every* model,
 ``n_per_class`` per class drawn with the run's seed; or explicit ``image_ids``.
@@ -44,17 +51,23 @@ from robsal.errors import CheckpointError, DataError
 from robsal.io import save_npz, write_json
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
+from robsal.saliency.seeds import image_seeds
 from robsal.saliency.visualize import reduce_channels
 from robsal.utils import resolve_device
 
 
-def method_options(cfg: Config, method: str) -> dict[str, Any]:
-    """The options ``explain`` gets for ``method`` from the ``saliency`` config section."""
+def method_options(cfg: Config, method: str, image_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """The options ``explain`` gets for ``method`` from the ``saliency`` config section.
+
+    ``seed`` of a random method: with ``image_ids``, the per-image seeds
+    ``image_seed(cfg.seed, id)`` of those images (what :func:`compute_maps` uses);
+    without, ``cfg.seed`` (``explain`` then derives the seed of each position)."""
     s = cfg.saliency
+    seed: Any = cfg.seed if image_ids is None else image_seeds(cfg.seed, [str(i) for i in image_ids])
     if method.startswith("integrated_gradients"):
-        return {"n_steps": s.ig_steps, "seed": cfg.seed}
+        return {"n_steps": s.ig_steps, "n_baselines": s.ig_baselines, "seed": seed}
     if method.startswith("smoothgrad"):
-        return {"n_samples": s.smoothgrad_samples, "noise": s.smoothgrad_noise, "seed": cfg.seed}
+        return {"n_samples": s.smoothgrad_samples, "noise": s.smoothgrad_noise, "seed": seed}
     if method == "gradcam" and getattr(s, "gradcam_layer", None):
         return {"layer": s.gradcam_layer}
     return {}
@@ -216,6 +229,8 @@ def compute_maps(
 
     ``target``: ``label`` (true class), ``prediction`` (each model's own prediction) or
     a class index. Returns (model -> method -> npz path, method -> model -> maps).
+    Random methods are seeded per image from (``cfg.seed``, image id): a row's map does
+    not depend on the other rows nor on ``cfg.saliency.batch_size``.
     """
     ids = np.asarray([data.image_ids[r] for r in rows], dtype=str)
     labels = data.labels[rows].astype(np.int64)
@@ -244,7 +259,8 @@ def compute_maps(
                 t = pred
             else:
                 t = torch.full_like(pred, int(target))
-            attr = explain(model, x, t, method, **method_options(cfg, method))
+            # random draws seeded per image: (run seed, image id), not the batch position
+            attr = explain(model, x, t, method, **method_options(cfg, method, ids[i : i + bs]))
             # (B, C, H, W) -> (B, H, W)
             maps.append(reduce_channels(attr, cfg.saliency.reduction, channel_shared=shared))
             preds.append(pred.cpu().numpy())
