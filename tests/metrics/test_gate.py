@@ -52,8 +52,8 @@ def test_gate_verdicts_withholds_only_failed_pairs():
         {"claim": "sharper", "robust": "r1", "standard": "s", "method": "gradient", "verdict": "supported", "line": "x"},
         {"claim": "sharper", "robust": "r2", "standard": "s", "method": "gradient", "verdict": "not supported", "line": "y"},
     ]
-    gates = {("r1", "s"): gate.Gate(["r1", "s"], False, ["r1 recalls mel at 0.00 (< 0.50)"]),
-             ("r2", "s"): gate.Gate(["r2", "s"], True)}
+    gates = {("r1", "s"): gate.Gate(["r1", "s"], ["r1 recalls mel at 0.00 (< 0.50)"]),
+             ("r2", "s"): gate.Gate(["r2", "s"])}
     out = gate.gate_verdicts(verdicts, gates)
     assert out[0]["verdict"] == "not comparable" and out[0]["verdict_if_comparable"] == "supported"
     assert out[0]["line"] == ("robust maps are sharper (r1 vs s, gradient): not comparable: "

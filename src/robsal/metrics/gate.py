@@ -34,8 +34,7 @@ class Gate:
     """The outcome of the competence gate for a set of compared models."""
 
     models: list[str]
-    comparable: bool
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # empty: comparable
     min_recall: float = 0.5
     min_explained_per_class: int = 1
     recall: dict[str, dict[str, float | None]] = field(default_factory=dict)  # model -> class -> recall
@@ -43,26 +42,22 @@ class Gate:
     explained: dict[str, int] | None = None  # class -> explained images (None: not known)
 
     @property
+    def comparable(self) -> bool:
+        return not self.reasons
+
+    @property
     def reason(self) -> str:
         """All reasons on one line ('' when comparable)."""
         return "; ".join(self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"comparable": self.comparable, **asdict(self)}
 
 
 def _recall_of(metrics: Mapping[str, Any] | None, classes: Sequence[str]) -> dict[str, float | None]:
-    per_class = (metrics or {}).get("per_class_accuracy")
-    out: dict[str, float | None] = {}
-    for i, c in enumerate(classes):
-        if isinstance(per_class, Mapping):
-            v = per_class.get(c)
-        elif isinstance(per_class, Sequence) and not isinstance(per_class, str) and i < len(per_class):
-            v = per_class[i]
-        else:
-            v = None
-        out[c] = None if v is None else float(v)
-    return out
+    """class -> recall from a model.json ``per_class_accuracy`` mapping (None where absent)."""
+    per_class = (metrics or {}).get("per_class_accuracy") or {}
+    return {c: None if per_class.get(c) is None else float(per_class[c]) for c in classes}
 
 
 def check(
@@ -102,7 +97,6 @@ def check(
                 reasons.append(f"{c} has {k} explained {word} (< {min_explained_per_class})")
     return Gate(
         models=list(model_metrics),
-        comparable=not reasons,
         reasons=reasons,
         min_recall=float(min_recall),
         min_explained_per_class=int(min_explained_per_class),

@@ -117,7 +117,7 @@ def model_info(run_dir: Path, cfg: Config, name: str) -> dict[str, Any]:
             "seed": meta.get("seed"),
             "clean_accuracy": m.get("clean_accuracy"),
             "balanced_accuracy": m.get("balanced_accuracy"),
-            "per_class_recall": m.get("per_class_accuracy"),  # class -> recall on the test split
+            "per_class_accuracy": m.get("per_class_accuracy"),  # class -> recall on the test split
             "has_weights": (run_dir / "models" / name / "model.safetensors").exists(),
         }
     spec = cfg.model_spec(name)  # ConfigError naming the model if the config lacks it
@@ -126,7 +126,7 @@ def model_info(run_dir: Path, cfg: Config, name: str) -> dict[str, Any]:
         "seed": spec.seed if spec.seed is not None else cfg.seed,
         "clean_accuracy": None,
         "balanced_accuracy": None,
-        "per_class_recall": None,
+        "per_class_accuracy": None,
         "has_weights": False,
     }
 
@@ -318,8 +318,7 @@ def evaluate_run(
     explained = {c: int(k) for c, k in zip(data.classes, np.bincount(data.labels[rows], minlength=len(data.classes)))}
     gates = competence_gates(info, standard, list(data.classes), explained, cfg)
     verdicts = gate.gate_verdicts(verdicts, gates)
-    overall = gate.check({m: {"per_class_accuracy": i["per_class_recall"], "balanced_accuracy": i["balanced_accuracy"]}
-                          for m, i in info.items()}, list(data.classes), explained,
+    overall = gate.check(info, list(data.classes), explained,
                          min_recall=mc.min_recall, min_explained_per_class=cfg.min_explained())
     with atomic_open(out_dir / "summary.csv", "w", encoding="utf-8", newline="") as fh:
         summary_df.to_csv(fh, index=False, float_format="%.6g")
@@ -383,10 +382,8 @@ def competence_gates(
         return {}
     out = {}
     for robust in sorted(m for m, i in info.items() if i["eps"] > 0):
-        pair = {m: {"per_class_accuracy": info[m]["per_class_recall"], "balanced_accuracy": info[m]["balanced_accuracy"]}
-                for m in (robust, standard)}
         out[(robust, standard)] = gate.check(
-            pair, classes, explained, min_recall=cfg.metrics.min_recall, min_explained_per_class=cfg.min_explained()
+            {m: info[m] for m in (robust, standard)}, classes, explained, min_recall=cfg.metrics.min_recall, min_explained_per_class=cfg.min_explained()
         )
     return out
 
