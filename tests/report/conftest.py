@@ -90,6 +90,7 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
             cm = [[2, 0, 0], [0, 1 + mi, 1 - mi], [1, 0, 1]]
             write_json(mdir / "model.json", {
                 "arch": "resnet18", "classes": classes, "eps": eps, "eps_l2": eps * SIZE / 224, "seed": 0,
+                "eps_scaling": {"rule": "side", "reference_size": 224, "image_size": SIZE},
                 "metrics": {"clean_accuracy": 0.75 - 0.1 * mi, "balanced_accuracy": 0.7 - 0.1 * mi,
                             "robust_accuracy": {"1.0": 0.5 + 0.1 * mi, "4.0": 0.125 + 0.25 * mi},
                             "per_class_accuracy": {c: v for c, v in zip(classes, [1.0, 0.5, 0.5])},

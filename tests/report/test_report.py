@@ -109,6 +109,9 @@ def test_report_shows_the_runs_numbers(built):
     assert "75.0%" in page and "65.0%" in page  # clean accuracy of standard / robust
     assert "37.5%" in page  # robust_eps4's robust accuracy at eps 4
     assert "robust_eps4 (eps=4)" in page and "standard (standard)" in page
+    # the radius the robust model was trained against, in pixel space, and the scaling rule
+    assert f", trained against an L2 radius of {4 * SIZE / 224:.2f} at {SIZE} px (side rule): clean" in page
+    assert "standard (standard)</strong>: clean" in page  # no radius for the standard model
     # every method has a grid, standard next to robust
     for method in METHODS:
         assert f"<h3>{method}</h3>" in page

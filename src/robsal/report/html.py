@@ -186,7 +186,8 @@ def _headline(run: RunContents) -> str:
         rob = ", ".join(f"eps={k}: {_pct(v)}" for k, v in robust.items())
         recall = _recall_text(run, mt.get("per_class_accuracy"))
         items.append(
-            f"<li><strong>{e(_model_label(run, name))}</strong>: clean accuracy {_pct(mt.get('clean_accuracy'))}, "
+            f"<li><strong>{e(_model_label(run, name))}</strong>{e(_radius_text(info.meta or {}))}: "
+            f"clean accuracy {_pct(mt.get('clean_accuracy'))}, "
             f"balanced {_pct(mt.get('balanced_accuracy'))}{'; robust ' + rob if rob else ''}"
             f"{'; recall ' + e(recall) if recall else ''}</li>"
         )
@@ -209,6 +210,18 @@ def _headline(run: RunContents) -> str:
     if not items:
         return ""
     return f"<h3>At a glance</h3><ul>{''.join(items)}</ul>"
+
+
+def _radius_text(meta: dict[str, Any]) -> str:
+    """', trained against an L2 radius of 0.33 at 64 px (pixels rule)' for an adversarially trained model, else ''."""
+    eps, radius, rule = meta.get("eps"), meta.get("eps_l2"), meta.get("eps_scaling")
+    if not isinstance(eps, (int, float)) or eps <= 0 or not isinstance(radius, (int, float)):
+        return ""
+    size = rule.get("image_size") if isinstance(rule, dict) else None
+    name = rule.get("rule") if isinstance(rule, dict) else None
+    where = f" at {size} px" if size else ""
+    how = f" ({name} rule)" if name else ""
+    return f", trained against an L2 radius of {radius:.2f}{where}{how}"
 
 
 def _gate(run: RunContents) -> dict[str, Any] | None:
