@@ -51,13 +51,20 @@ def config_from_args(args: argparse.Namespace):  # -> Config
     from robsal.config import load_config
 
     overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "threads", None) is not None:
+        overrides.append(f"threads={args.threads}")
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
     if getattr(args, "data", None):
         overrides.append(f"data.root={args.data}")
         if not any(o.startswith("data.source=") for o in overrides):
             overrides.append("data.source=auto")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.threads is not None:  # the config's count (or --threads) replaces the default set in main()
+        from robsal.threads import set_threads
+
+        set_threads(cfg.threads)
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
         module.register(sub)
+    _add_threads_option(sub)
     return parser
+
+
+def _add_threads_option(sub: argparse._SubParsersAction) -> None:
+    """``--threads N`` on every (sub)command: torch's CPU threads (robsal.threads)."""
+    for p in sub.choices.values():
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for inner in nested:
+                _add_threads_option(inner)
+        elif not any("--threads" in a.option_strings for a in p._actions):
+            p.add_argument(
+                "--threads", type=_thread_count, default=None, metavar="N",
+                help="CPU threads for torch (default: the config's, else the CPUs this process may use)",
+            )
+
+
+def _thread_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 _python_formatwarning = warnings.formatwarning
@@ -96,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C raises KeyboardInterrupt, SIGTERM raises Terminated; checkpoint writes hold both
     # until the file is complete (robsal.signals.deferred), finished work stays on disk.
     try:
+        from robsal.threads import set_threads
+
+        set_threads(getattr(args, "threads", None))  # ROBSAL_THREADS or the process's CPUs
         with handle_termination():
             return int(args.func(args) or 0)
     except UserError as exc:

@@ -242,6 +242,7 @@ class Config:
     name: str = "custom"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # CPU threads of torch; None = the CPUs this process may use (robsal.threads)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -555,6 +556,7 @@ def validate(cfg: Config) -> None:
     need(cfg.robustness.steps >= 1, "robustness.steps", "must be >= 1")
     need(cfg.robustness.max_images is None or cfg.robustness.max_images >= 1, "robustness.max_images",
          "must be >= 1 or null")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or null (the CPUs this process may use)")
     need(cfg.saliency.n_per_class >= 1, "saliency.n_per_class", "must be >= 1")
     need(cfg.saliency.ig_steps >= 1, "saliency.ig_steps", "must be >= 1")
     need(cfg.saliency.ig_baselines >= 1, "saliency.ig_baselines", "must be >= 1")

@@ -41,8 +41,9 @@ def init_run(cfg: Config, run_dir: str | Path, *, allow_changed: bool = False) -
     if cfg_path.exists() and not allow_changed:
         old = load_run_config(run_dir).to_dict()
         new = cfg.to_dict()
-        old.pop("device", None)
-        new.pop("device", None)
+        for key in ("device", "threads"):
+            old.pop(key, None)
+            new.pop(key, None)
         if old != new:
             diff = _first_difference(old, new)
             raise ConfigError(

@@ -1,0 +1,85 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robsal import threads
+from robsal.cli import build_parser, main
+from robsal.config import load_config
+from robsal.errors import ConfigError
+
+
+def _policy_after(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != threads.WAIT_POLICY}
+    clean.update(env)
+    out = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                         capture_output=True, text=True, check=True, env=clean)
+    return out.stdout.strip()
+
+
+def test_importing_robsal_first_sets_a_passive_wait_policy():
+    assert _policy_after("import robsal") == "PASSIVE"
+
+
+def test_a_policy_the_user_set_is_kept():
+    assert _policy_after("import robsal", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_no_policy_is_set_once_torch_is_loaded():
+    # OpenMP reads the variable when torch loads it: setting it later would only mislead
+    assert _policy_after("import torch, robsal") == "None"
+
+
+def test_default_threads_is_the_affinity_share_of_each_local_process(monkeypatch):
+    monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert threads.default_threads() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert threads.default_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert threads.default_threads() == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_available_cpus_follows_the_affinity_mask():
+    assert threads.available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_set_threads_order_of_precedence(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(threads.THREADS_ENV, "1")
+        assert threads.set_threads(None) == 1 and torch.get_num_threads() == 1
+        assert threads.set_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count wins
+        monkeypatch.setenv(threads.THREADS_ENV, "two")
+        with pytest.raises(ConfigError, match="ROBSAL_THREADS"):
+            threads.set_threads(None)
+        monkeypatch.setenv(threads.THREADS_ENV, "0")
+        with pytest.raises(ConfigError, match=">= 1"):
+            threads.set_threads(None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_command_takes_threads():
+    parser = build_parser()
+    for argv in (["run"], ["train", "--out", "x"], ["report", "--run", "x"], ["data", "check", "--data", "x"]):
+        assert parser.parse_args([*argv, "--threads", "1"]).threads == 1
+
+
+def test_bad_threads_flag_and_config_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", "tiny", "--threads", "0", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="threads"):
+        load_config("tiny", ["threads=0"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_threads_does_not_change_what_a_run_was_made_with(tmp_path):
+    from robsal.runs import init_run
+
+    init_run(load_config("tiny"), tmp_path)
+    init_run(load_config("tiny", ["threads=1"]), tmp_path)  # speed, not results: accepted
