@@ -8,8 +8,8 @@ when torch loads it, so every setting needs its own process):
 * an Integrated Gradients batch (8 images, 32 steps, ``robsal.saliency.explain``).
 
 Settings: ``pytorch`` (torch imported first, no wait policy set, torch's thread count) and
-``robsal`` (``import robsal`` first: ``OMP_WAIT_POLICY=PASSIVE``, threads = the CPUs this
-process may use, :mod:`robsal.threads`). Conditions: ``idle`` and ``loaded`` (the script
+``robsal`` (``import robsal`` first: ``OMP_WAIT_POLICY=PASSIVE`` if other processes keep
+the CPUs busy at that moment, threads = the CPUs this process may use, :mod:`robsal.threads`). Conditions: ``idle`` and ``loaded`` (the script
 starts one busy-looping competitor process per --competitors and stops it afterwards).
 Prints the median time per workload, setting and condition, and the ratios
 pytorch / robsal (> 1: robsal's defaults are faster) side by side from one run.

@@ -1,6 +1,8 @@
 import os
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 import torch
@@ -19,8 +21,33 @@ def _policy_after(code: str, **env: str) -> str:
     return out.stdout.strip()
 
 
-def test_importing_robsal_first_sets_a_passive_wait_policy():
-    assert _policy_after("import robsal") == "PASSIVE"
+def test_importing_robsal_first_on_a_busy_machine_sets_a_passive_wait_policy():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert _policy_after("import robsal") == "PASSIVE"
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_wait_policy_follows_the_load_only_when_nobody_chose(monkeypatch):
+    monkeypatch.setattr(threads, "sys", types.SimpleNamespace(modules={}))  # as if torch were not loaded yet
+    monkeypatch.delenv(threads.WAIT_POLICY, raising=False)
+    assert threads.configure_wait_policy(busy=0.1) is None  # idle: the runtime's default (spinning is faster)
+    assert threads.configure_wait_policy(busy=1.0) == "PASSIVE"
+    monkeypatch.setenv(threads.WAIT_POLICY, "ACTIVE")
+    assert threads.configure_wait_policy(busy=2.0) == "ACTIVE"
+
+
+def test_busy_cpus_sees_a_busy_process():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert threads.busy_cpus(0.3) >= 0.7
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def test_a_policy_the_user_set_is_kept():
@@ -34,12 +61,16 @@ def test_no_policy_is_set_once_torch_is_loaded():
 
 def test_default_threads_is_the_affinity_share_of_each_local_process(monkeypatch):
     monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    monkeypatch.setattr(threads, "torch_default_threads", lambda: 8)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert threads.default_threads() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     assert threads.default_threads() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert threads.default_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(threads, "torch_default_threads", lambda: 4)  # 4 physical cores, 8 hyper-threads
+    assert threads.default_threads() == 4
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")

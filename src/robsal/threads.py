@@ -1,24 +1,28 @@
-"""CPU threads: a passive OpenMP wait policy and a thread count from the CPUs this process may use.
+"""CPU threads: an OpenMP wait policy that suits the machine's load, and a thread count from the CPUs this process may use.
 
 PyTorch's CPU kernels run on an OpenMP thread pool. By default its threads *spin* (busy-wait)
-between parallel regions, and the pool has one thread per physical core of the machine.
-Both are right on an idle machine of one's own and wrong on a shared one (a laptop with a
-browser, a workstation, a CI box, a cluster node running several jobs): spinning threads
-take CPU from the threads that do the work, and a process confined to a few cores
-(``taskset``, cgroups, Slurm) still starts one thread per core of the machine.
+for a while between parallel regions, and the pool has one thread per core of the machine.
+Both are right on an idle machine and wrong on a shared one (a laptop with a browser, a
+workstation, a CI box, a cluster node running several jobs): spinning threads take CPU from
+the threads that do the work, and a process confined to a few cores (``taskset``, cgroups,
+Slurm) still starts one thread per core of the machine.
 
-robsal therefore
+Measured on a 2-core machine (``bench/threads.py``): beside one CPU-bound process,
+``OMP_WAIT_POLICY=PASSIVE`` makes a PGD-7 training step 1.8x faster than PyTorch's default;
+on the idle machine it makes it 1.2-1.5x *slower* (sleeping threads wake up late for every
+small parallel region). So robsal
 
-* sets ``OMP_WAIT_POLICY=PASSIVE`` when ``robsal`` is imported before ``torch`` and the
-  user has not set the variable (:func:`configure_wait_policy`; OpenMP reads it once, when
-  torch loads its runtime, so it cannot be changed later in the process), and
-* sets the intra-op thread count to the CPUs this process may use
-  (``os.sched_getaffinity``), divided among the processes of a ``torchrun`` job on the same
-  node (``LOCAL_WORLD_SIZE``), unless a count is asked for (``--threads N``, the config's
-  ``threads``, or ``ROBSAL_THREADS``) (:func:`set_threads`).
-
-``bench/threads.py`` measures both against PyTorch's defaults, idle and beside a CPU-bound
-process.
+* sets ``OMP_WAIT_POLICY=PASSIVE`` when ``robsal`` is imported before ``torch``, the user has
+  not set a policy, and other processes keep at least half a CPU busy at that moment
+  (:func:`configure_wait_policy`, sampling ``/proc/stat`` for 0.1 s; OpenMP reads the policy
+  once, when torch loads it, so it cannot change later in the process). The wait policy
+  changes speed only, never a result.
+* sets the intra-op thread count to the CPUs this process may use (``os.sched_getaffinity``),
+  divided among the processes of a ``torchrun`` job on the same node (``LOCAL_WORLD_SIZE``)
+  and at most PyTorch's own default (one per physical core, or ``OMP_NUM_THREADS``),
+  unless a count is asked for (``--threads N``, the config's ``threads``, or
+  ``ROBSAL_THREADS``) (:func:`set_threads`). The count does not follow the load: CPU
+  kernels sum in a thread-dependent order, and a run must not change with its neighbours.
 """
 
 from __future__ import annotations
@@ -32,15 +36,58 @@ WAIT_POLICY = "OMP_WAIT_POLICY"
 THREADS_ENV = "ROBSAL_THREADS"
 
 
-def configure_wait_policy() -> str | None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy or torch is already imported.
+BUSY_THRESHOLD = 0.5  # CPUs kept busy by other processes from which the passive policy pays
 
-    Returns the policy now in the environment (None when none is set and torch was
-    imported first, so the runtime's default applies).
+
+def configure_wait_policy(busy: float | None = None) -> str | None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` on a loaded machine, unless a policy is set or torch is loaded.
+
+    ``busy``: CPUs (of this process's) kept busy by others; None = :func:`busy_cpus`.
+    Returns the policy now in the environment (None: the runtime's default applies).
     """
-    if WAIT_POLICY not in os.environ and "torch" not in sys.modules:
+    if WAIT_POLICY in os.environ or "torch" in sys.modules:
+        return os.environ.get(WAIT_POLICY)
+    if (busy_cpus() if busy is None else busy) >= BUSY_THRESHOLD:
         os.environ[WAIT_POLICY] = "PASSIVE"
     return os.environ.get(WAIT_POLICY)
+
+
+def _cpu_times() -> dict[int, tuple[int, int]]:
+    """cpu index -> (idle + iowait jiffies, total jiffies) from /proc/stat ({} where there is none)."""
+    out = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    v = [int(x) for x in fields[:8]]
+                    out[int(name[3:])] = (v[3] + v[4], sum(v))
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def busy_cpus(window: float = 0.1) -> float:
+    """How many of this process's CPUs other processes keep busy, sampled over ``window`` seconds (0 if unknown)."""
+    import time
+
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        mine = None
+    a = _cpu_times()
+    if not a:
+        return 0.0
+    time.sleep(window)
+    b = _cpu_times()
+    busy = 0.0
+    for cpu, (idle1, total1) in b.items():
+        if (mine is not None and cpu not in mine) or cpu not in a:
+            continue
+        d_total = total1 - a[cpu][1]
+        if d_total > 0:
+            busy += 1.0 - (idle1 - a[cpu][0]) / d_total
+    return busy
 
 
 def available_cpus() -> int:
@@ -51,13 +98,29 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_TORCH_DEFAULT: list[int] = []  # torch's own thread count before robsal first changed it
+
+
+def torch_default_threads() -> int:
+    """PyTorch's own default (one thread per physical core, or OMP_NUM_THREADS), before any change."""
+    import torch
+
+    if not _TORCH_DEFAULT:
+        _TORCH_DEFAULT.append(torch.get_num_threads())
+    return _TORCH_DEFAULT[0]
+
+
 def default_threads() -> int:
-    """The process's share of its CPUs: all of them, or 1/k of them for k local torchrun processes."""
+    """The process's share of its CPUs (1/k for k local torchrun processes), at most PyTorch's default.
+
+    The cap keeps PyTorch's choice where it is already right: one thread per physical core
+    (not per hyper-thread) and ``OMP_NUM_THREADS`` when the user set it.
+    """
     try:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         local = 1
-    return max(1, available_cpus() // local)
+    return max(1, min(available_cpus() // local, torch_default_threads()))
 
 
 def parse_threads(value: object, source: str) -> int | None:
@@ -83,6 +146,7 @@ def set_threads(n: int | None = None) -> int:
     """
     import torch
 
+    torch_default_threads()  # remember torch's own default before the first change
     if n is None:
         n = parse_threads(os.environ.get(THREADS_ENV), THREADS_ENV)
     n = default_threads() if n is None else int(n)
