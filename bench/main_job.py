@@ -6,7 +6,11 @@ RSS, as ``/usr/bin/time -v`` would report it), the time of every stage, then fro
 run directory: clean accuracy and per-class test recall of every model, the explained
 images per class, the Grad-CAM grid, the competence gate and the verdict table.
 
-    python bench/main_job.py --config quick [--threads N] [--keep DIR]
+    python bench/main_job.py --config quick [--keep DIR] [--competitors K] [--pytorch-defaults]
+
+``--competitors K`` starts K busy-looping processes beside the job (a shared machine) and
+stops them afterwards; ``--pytorch-defaults`` runs the job with PyTorch's OpenMP wait policy
+instead of robsal's choice (``OMP_WAIT_POLICY`` set empty, which the runtime ignores).
 """
 
 from __future__ import annotations
@@ -27,17 +31,31 @@ def main() -> int:
     ap.add_argument("--config", default="quick")
     ap.add_argument("--keep", default=None, help="run directory to keep (default: a temporary one)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--competitors", type=int, default=0, help="busy-looping processes beside the job")
+    ap.add_argument("--pytorch-defaults", action="store_true", help="PyTorch's wait policy, not robsal's")
     args = ap.parse_args()
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="robsal-bench-")) / "run"
     cmd = [sys.executable, "-m", "robsal", "run", "--config", args.config, "--out", str(out), "--no-progress"]
     for o in args.overrides:
         cmd += ["--set", o]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False)
-    wall = time.perf_counter() - t0
+    env = dict(os.environ)
+    if args.pytorch_defaults:
+        env["OMP_WAIT_POLICY"] = ""  # set, so robsal keeps it; empty, so OpenMP uses its default
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.competitors)]
+    try:
+        time.sleep(0.5 if hogs else 0)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, check=False, env=env)
+        wall = time.perf_counter() - t0
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}")
     print(f"command: {' '.join(cmd)}")
+    print(f"beside it: {args.competitors} busy-looping process(es); OpenMP wait policy: "
+          f"{'PyTorch default' if args.pytorch_defaults else 'robsal (passive if the CPUs were busy at start)'}")
     print(f"exit code: {proc.returncode}")
     print(f"wall time: {wall:.1f} s ({wall / 60:.2f} min)")
     print(f"peak memory (max RSS of the child): {peak_kib / 1024**2:.2f} GiB")

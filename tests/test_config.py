@@ -101,3 +101,24 @@ def test_yaml_file_with_base(tmp_path):
 def test_round_trip_through_dict():
     cfg = load_config("quick")
     assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/dir", "a/b", "..", ""])
+def test_config_name_is_a_plain_name_never_a_path(name):
+    with pytest.raises(ConfigError, match=r"^name: .*plain name"):
+        load_config("tiny", [f"name={name}"])
+
+
+def test_a_path_as_config_name_writes_nothing_outside_the_runs_folder(tmp_path, monkeypatch, capsys):
+    from robsal.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = work / "evil.yaml"
+    cfg.write_text("base: tiny\nname: ../../escaped\n")
+    monkeypatch.chdir(work)
+    for cmd in (["run"], ["sweep", "--grid", "eps=0,4"]):
+        assert main([*cmd, "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "name:" in err and "--out" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.yaml", "work"]

@@ -545,13 +545,13 @@ def validate(cfg: Config) -> None:
     need(len(cfg.models) >= 1, "models", "lists no model to train")
     names = [m.name for m in cfg.models]
     need(len(set(names)) == len(names), "models", "two models share a name")
+    # names become folder names (runs/<name>, RUN/models/<name>): plain names only, never a path
+    need(_plain_name(cfg.name), "name",
+         f"{cfg.name!r} must be a plain name (letters, digits, '_', '-', '.'; not a path); "
+         "choose the output folder with --out")
     for m in cfg.models:
         need(m.eps >= 0, f"models.{m.name}.eps", f"must be >= 0, got {m.eps}")
-        need(
-            bool(m.name) and all(c.isalnum() or c in "_-." for c in m.name) and m.name not in (".", ".."),
-            "models.name",
-            f"{m.name!r} may contain only letters, digits, '_', '-' and '.'",
-        )
+        need(_plain_name(m.name), "models.name", f"{m.name!r} may contain only letters, digits, '_', '-' and '.'")
     need(all(e >= 0 for e in cfg.robustness.eps), "robustness.eps", "must be >= 0")
     need(cfg.robustness.steps >= 1, "robustness.steps", "must be >= 1")
     need(cfg.robustness.max_images is None or cfg.robustness.max_images >= 1, "robustness.max_images",
@@ -583,6 +583,11 @@ def validate(cfg: Config) -> None:
     need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
     need(all(lr > 0 for lr in cfg.tune.lrs), "tune.lrs", "must all be > 0")
     need(all(b >= 1 for b in cfg.tune.batch_sizes), "tune.batch_sizes", "must all be >= 1")
+
+
+def _plain_name(name: str) -> bool:
+    """A name usable as one folder name: letters, digits, '_', '-', '.', not '.' or '..'."""
+    return bool(name) and all(c.isalnum() or c in "_-." for c in name) and name not in (".", "..")
 
 
 def _check_numbers(obj: Any, key: str = "") -> None:
