@@ -11,6 +11,7 @@ from PIL import Image
 
 from robsal.data.cache import cache_key, load_arrays, load_image, load_mask
 from robsal.data.index import INDEX_COLUMNS
+from robsal.errors import DataError
 
 
 def _rows(paths, masks=None):
@@ -102,3 +103,68 @@ def test_masks_and_artifacts_rows(tmp_path, with_artifacts):
         assert a.artifact_masks["hair"][0].all() and not a.artifact_masks["ruler"].any()
     else:
         assert a.artifact_masks == {}
+
+
+# ----------------------------------------------------------------- image modes and bit depths
+
+
+def _gradient16(h: int = 8, w: int = 8) -> np.ndarray:
+    return (np.arange(h * w, dtype=np.uint16).reshape(h, w) * (65535 // (h * w - 1))).astype(np.uint16)
+
+
+def test_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path):
+    from PIL import Image
+
+    from robsal.data.cache import load_image
+
+    a = _gradient16()
+    path = tmp_path / "g16.png"
+    Image.fromarray(a).save(path)  # a 16-bit grayscale PNG
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # Pillow reads it as a wide mode
+    img, wh = load_image(path, 8, center_crop=False)
+    expect = np.rint(a / 65535.0 * 255).astype(np.uint8)
+    assert wh == (8, 8)
+    np.testing.assert_array_equal(img[0], expect)
+    np.testing.assert_array_equal(img[1], expect)  # grey replicated to 3 channels
+    assert abs(float(img.mean()) - float(expect.mean())) < 1e-9 and img.mean() < 200  # not "nearly white"
+
+
+def test_float_and_wide_integer_images_use_their_range(tmp_path):
+    from PIL import Image
+
+    from robsal.data.cache import _to_rgb
+
+    f = Image.fromarray(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), mode="F")
+    np.testing.assert_array_equal(np.asarray(_to_rgb(f, "f"))[..., 0].ravel(), np.rint(np.linspace(0, 255, 16)))
+    big = Image.fromarray(np.array([[-1000, 0], [1000, 3000]], dtype=np.int32), mode="I")
+    np.testing.assert_array_equal(np.asarray(_to_rgb(big, "i"))[..., 0], [[0, 64], [128, 255]])
+
+
+@pytest.mark.parametrize("fg", [1, 255])
+def test_masks_stored_as_0_1_or_0_255_give_the_same_mask(tmp_path, fg):
+    from PIL import Image
+
+    from robsal.data.cache import load_mask
+
+    m = np.zeros((8, 8), np.uint8)
+    m[2:6, 3:7] = fg
+    path = tmp_path / f"m{fg}.png"
+    Image.fromarray(m, mode="L").save(path)
+    out = load_mask(path, 8, (8, 8), center_crop=False)
+    np.testing.assert_array_equal(out, (m > 0).astype(np.uint8))
+    assert out.sum() == 16
+
+
+def test_a_mask_with_other_values_is_a_one_line_error_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from robsal.data.cache import load_mask
+
+    m = np.zeros((8, 8), np.uint8)
+    m[2:6, 2:6] = 128  # grey levels: a threshold would be a guess
+    path = tmp_path / "grey.png"
+    Image.fromarray(m, mode="L").save(path)
+    with pytest.raises(DataError, match=r"grey\.png: mask values are \{0, 128\}, not \{0, 1\} or \{0, 255\}") as exc:
+        load_mask(path, 8, (8, 8))
+    assert "\n" not in str(exc.value)

@@ -88,3 +88,14 @@ def test_synthetic_data_follows_its_settings(tmp_path):
 def test_sources_that_need_a_folder_say_so():
     with pytest.raises(DataError, match="--data DIR"):
         prepare(load_config("tiny", ["data.source=ham10000"]), None, progress=False)
+
+
+def test_a_metadata_csv_with_a_header_and_no_rows_is_an_error(tmp_path, capsys):
+    from robsal.cli import main
+
+    root = tmp_path / "ham"
+    (root / "images").mkdir(parents=True)
+    (root / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n")
+    assert main(["data", "check", "--data", str(root)]) == 2
+    out = capsys.readouterr().out  # data check lists its problems, one line each
+    assert "dataset is empty (its metadata CSV lists no images)" in out and "Traceback" not in out

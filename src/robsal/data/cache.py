@@ -35,7 +35,7 @@ from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.errors import DataError
 from robsal.io import atomic_path, write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit and float images scaled by their range; {0, 1} masks
 
 
 def default_cache_dir(cache_dir: str | None = None) -> Path:
@@ -68,13 +68,56 @@ def _crop_box(w: int, h: int, center_crop: bool) -> tuple[int, int, int, int] | 
     return (left, top, left + s, top + s)
 
 
+# Pillow modes whose values are not 0..255: decoded by their real range, not clipped
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_rgb(im: Image.Image, path: str | Path) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB with its values scaled from the mode's real range.
+
+    8-bit modes (L, P, RGB, RGBA, LA, CMYK, 1) go through ``convert("RGB")`` (alpha is
+    dropped). 16-bit integer images (``I;16*``, and ``I`` with values within 0..65535) are
+    scaled by 255/65535, so a 16-bit PNG keeps its contrast instead of clipping to white;
+    32-bit integer images beyond that range and float images are scaled by their own min and
+    max (float images already within [0, 1] by 255).
+    """
+    if im.mode not in _WIDE_MODES:
+        return im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).all():
+        raise DataError(f"{path}: image has no pixels or non-finite values; replace the file or remove it from the dataset")
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        a = a / 65535.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        pass
+    else:
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    g = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(g, mode="L").convert("RGB")
+
+
+def image_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 of any image file, decoded as :func:`load_image` decodes it (no resizing)."""
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(_to_rgb(im, path))
+
+
+def mask_bool(path: str | Path) -> np.ndarray:
+    """(H, W) bool of a {0, 1} or {0, 255} mask file, as :func:`load_mask` reads it (no resizing)."""
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(_binary_mask(im, path)) > 0
+
+
 def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
     """(3, size, size) uint8 and the original (width, height); DataError if unreadable."""
     try:
         with Image.open(path) as im:
             im.load()
             orig = im.size
-            im = im.convert("RGB")
+            im = _to_rgb(im, path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
     box = _crop_box(*orig, center_crop)
@@ -84,12 +127,35 @@ def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[n
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1), orig  # (H,W,3) -> (3,H,W)
 
 
+def _binary_mask(im: Image.Image, path: str | Path) -> Image.Image:
+    """A mask image -> mode L with values {0, 255}; masks stored as {0, 1} or {0, 255} (any mode).
+
+    Other value sets (grey levels, JPEG noise, palette colours) are refused: guessing a
+    threshold would silently change what counts as lesion.
+    """
+    if im.mode == "1":
+        return im.convert("L")
+    raw = np.asarray(im if im.mode in ("L", "P", *_WIDE_MODES) else im.convert("L"))
+    values = np.unique(raw)
+    if set(values.tolist()) <= {0, 1}:
+        fg = raw > 0
+    elif set(values.tolist()) <= {0, 255}:
+        fg = raw > 127
+    else:
+        shown = ", ".join(str(v) for v in values[:6].tolist()) + (", ..." if len(values) > 6 else "")
+        raise DataError(
+            f"{path}: mask values are {{{shown}}}, not {{0, 1}} or {{0, 255}}; save the mask as a "
+            "binary PNG (0 = background, 1 or 255 = lesion)"
+        )
+    return Image.fromarray(fg.astype(np.uint8) * 255, mode="L")
+
+
 def load_mask(path: str | Path, size: int, image_size_wh: tuple[int, int], center_crop: bool = True) -> np.ndarray:
-    """(size, size) uint8 {0, 1}; the mask must have its image's size."""
+    """(size, size) uint8 {0, 1} from a {0, 1} or {0, 255} mask; the mask must have its image's size."""
     try:
         with Image.open(path) as im:
             im.load()
-            m = im.convert("L")
+            m = _binary_mask(im, path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read mask ({exc}); replace or delete the mask file") from None
     if m.size != tuple(image_size_wh):

@@ -46,10 +46,15 @@ def read_dataset(root: str | Path, source: str = "auto", problems: Problems | No
     """List the dataset at ``root`` with the given layout (``auto`` detects it)."""
     layout = detect_layout(root) if source in ("auto", "synthetic") else source
     if layout == "ham10000":
-        return read_ham10000(root, problems)
-    if layout == "folder":
-        return read_folder(root, problems)
-    raise DataError(f"data.source: unknown source {source!r}; use synthetic, ham10000, folder or auto")
+        index = read_ham10000(root, problems)
+    elif layout == "folder":
+        index = read_folder(root, problems)
+    else:
+        raise DataError(f"data.source: unknown source {source!r}; use synthetic, ham10000, folder or auto")
+    if len(index.table) == 0:  # e.g. a metadata CSV with a header and no rows
+        what = "its metadata CSV lists no images" if layout == "ham10000" else "no class folder holds an image"
+        raise DataError(f"{root}: the dataset is empty ({what}); point --data at a folder with images")
+    return index
 
 
 def synthetic_root(cfg: Config, run_dir: str | Path | None, progress: bool = True) -> Path:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
+from robsal.data.cache import image_rgb, mask_bool
 from robsal.data.ham10000 import read_ham10000
 from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.io import atomic_path
@@ -41,16 +41,16 @@ def save_preview(root: str | Path, out: str | Path, per_class: int = 6, classes:
             if c >= len(rows):
                 continue
             rec = rows[c]
-            img = np.asarray(Image.open(rec["path"]).convert("RGB")).copy()
+            img = image_rgb(rec["path"]).copy()
             tags = []
             for name in ARTIFACT_NAMES:
                 p = rec.get(f"{name}_path")
                 if isinstance(p, str):
                     if name != "hair":  # a hair is thinner than its outline: leave it visible
-                        img[_outline(np.asarray(Image.open(p)) > 127)] = (255, 220, 0)
+                        img[_outline(mask_bool(p))] = (255, 220, 0)
                     tags.append(name)
             if isinstance(rec["mask_path"], str):
-                img[_outline(np.asarray(Image.open(rec["mask_path"])) > 127)] = (0, 255, 0)
+                img[_outline(mask_bool(rec["mask_path"]))] = (0, 255, 0)
             ax.imshow(img)
             ax.set_title(f"{label} {rec['image_id'][-4:]}" + (f"\n{', '.join(tags)}" if tags else "\n"), fontsize=7)
     fig.tight_layout()
