@@ -150,3 +150,24 @@ def test_preview_grid_outlines_the_lesions(tmp_path):
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     green = (img[..., 1] > 200) & (img[..., 0] < 60) & (img[..., 2] < 60)
     assert green.sum() > 50  # mask outlines drawn
+
+
+def test_force_replaces_only_the_generators_own_files(tmp_path):
+    import json
+
+    from robsal.data.synthetic import SynthSettings, generate
+
+    out = tmp_path / "synth"
+    generate(out, SynthSettings(n=6, size=32, seed=0), progress=False)
+    manifest = json.loads((out / "synth.json").read_text())["files"]
+    assert "HAM10000_metadata.csv" in manifest and "synth.json" in manifest
+    assert sorted(manifest) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    (out / "notes.txt").write_text("mine")
+    (out / "images" / "my_photo.jpg").write_bytes(b"not robsal's")
+    generate(out, SynthSettings(n=4, size=32, seed=1), overwrite=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "images" / "my_photo.jpg").read_bytes() == b"not robsal's"
+    new = json.loads((out / "synth.json").read_text())
+    assert new["settings"]["n"] == 4 and len(list((out / "images").glob("*.jpg"))) == 4 + 1  # old images gone
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "synth"]
+    assert leftovers == []  # no temporary folder left beside it

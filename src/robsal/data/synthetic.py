@@ -448,7 +448,10 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
     Files are written into a temporary folder beside ``out`` and renamed into
     place at the end, so an interrupted run leaves no half dataset. ``out`` must
     not exist or be empty unless ``overwrite`` (then it must be a folder this
-    generator wrote: it holds ``synth.json``).
+    generator wrote: it holds ``synth.json``). Overwriting replaces only the files the
+    generator wrote there (the ``files`` manifest of ``synth.json``; for datasets written
+    before the manifest existed, the files its metadata CSV names); any other file the user
+    put in ``out`` is kept.
     """
     from tqdm.auto import tqdm
 
@@ -484,16 +487,49 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
             for row in rows:
                 flags = [int(a in row["artifacts"]) for a in ARTIFACTS]
                 w.writerow([row[c] for c in cols[:7]] + flags)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         info = {"version": SYNTH_VERSION, "settings": settings.to_dict(), "classes": list(CLASSES),
-                "seconds": round(time.perf_counter() - t0, 3)}
+                "seconds": round(time.perf_counter() - t0, 3), "files": [*files, "synth.json"]}
         (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        foreign = _foreign_files(out) if out.exists() else []
+        if not foreign:  # the usual case: swap the whole folder at once
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        else:  # keep the user's files: remove only the generator's old files, move the new ones in
+            for rel in _owned_files(out):
+                (out / rel).unlink(missing_ok=True)
+            for rel in info["files"]:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / rel, out / rel)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _owned_files(out: Path) -> set[str]:
+    """Relative paths of the files the generator wrote into ``out`` (its manifest, or its metadata's ids)."""
+    info = read_settings(out) or {}
+    if isinstance(info.get("files"), list):
+        return {str(f) for f in info["files"]}
+    owned = {"synth.json", METADATA_NAME}
+    try:  # written before the manifest: the images and masks of the ids its metadata lists
+        with open(out / METADATA_NAME, newline="", encoding="utf-8") as fh:
+            ids = [r["image_id"] for r in csv.DictReader(fh)]
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        ids = []
+    for iid in ids:
+        owned.add(f"images/{iid}.jpg")
+        owned.add(f"masks/{iid}_segmentation.png")
+        owned.update(f"masks/{iid}_{name}.png" for name in ARTIFACTS)
+    return owned
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Files in ``out`` that the generator did not write (the user's own)."""
+    owned = _owned_files(out)
+    return sorted(rel for p in out.rglob("*") if p.is_file() and (rel := p.relative_to(out).as_posix()) not in owned)
 
 
 def read_settings(root: str | Path) -> dict | None:
