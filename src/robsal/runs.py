@@ -31,9 +31,11 @@ STAGES_FILE = "stages.json"
 def init_run(cfg: Config, run_dir: str | Path, *, allow_changed: bool = False) -> Path:
     """Create ``run_dir`` and write ``config.yaml``.
 
-    If the directory already holds a config that differs from ``cfg`` (other than
-    the device), refuse unless ``allow_changed``: reusing a run with another
-    config would mix results.
+    If the directory already holds a config that differs from ``cfg`` (other than the
+    device and the thread count, which change speed, not results), refuse unless
+    ``allow_changed``: reusing a run with another config would mix results. A folder with no
+    result yet (:func:`has_results`: e.g. a first run that stopped at a wrong ``--data``)
+    takes the new config, and the splits drawn for the old one are dropped.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,9 @@ def init_run(cfg: Config, run_dir: str | Path, *, allow_changed: bool = False) -
         for key in ("device", "threads"):
             old.pop(key, None)
             new.pop(key, None)
-        if old != new:
+        if old != new and not has_results(run_dir):
+            (run_dir / "splits.csv").unlink(missing_ok=True)  # drawn for the old config's data
+        elif old != new:
             diff = _first_difference(old, new)
             raise ConfigError(
                 f"{run_dir} was made with another config ({diff}); use a new --out folder "
@@ -71,6 +75,17 @@ def fingerprint(cfg: Config, *sections: str) -> str:
     d = cfg.to_dict()
     part = {s: d[s] for s in sections} if sections else d
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def has_results(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds any finished work: a finished stage, a trained model, maps, metrics, a tuning."""
+    run_dir = Path(run_dir)
+    if read_stages(run_dir):
+        return True
+    return any(
+        any(run_dir.glob(pattern))
+        for pattern in ("models/*/model.json", "saliency/*.npz", "metrics/summary.json", "tune/best.json", "sweep/*")
+    )
 
 
 def read_stages(run_dir: str | Path) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def dataset_root(cfg: Config, run_dir: str | Path | None = None, progress: bool 
     return check_root(d.root), d.source
 
 
-def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path | None):  # -> DataFrame
+def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path | None, *, write: bool = True):  # -> DataFrame
     d = cfg.data
     run_splits = Path(run_dir) / SPLITS_FILE if run_dir is not None else None
     source = f"the dataset at {index.root}"
@@ -98,7 +98,7 @@ def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path |
             val_per_class=d.val_per_class, n_folds=d.n_folds, split_by=d.split_by, seed=d.seed, source=source,
         )
     check_splits(splits, index.table, d.classes, source)
-    if run_splits is not None and not run_splits.exists():
+    if write and run_splits is not None and not run_splits.exists():
         write_splits(splits, run_splits)
     return splits
 
@@ -145,13 +145,18 @@ def prepare(cfg: Config, run_dir: str | Path | None = None, *, progress: bool = 
     root, source = dataset_root(cfg, run_dir, progress)
     index = read_dataset(root, source)
     check_classes(index, cfg.data.classes)
-    splits = make_or_reuse_splits(cfg, index, run_dir)
+    splits = make_or_reuse_splits(cfg, index, run_dir, write=False)
     rows = index.table.set_index("image_id").loc[splits["image_id"]].reset_index()
     check_contained(index, rows)
     arrays = load_arrays(
         rows, cfg.data.image_size, center_crop=cfg.data.center_crop, with_artifacts=index.has_artifact_masks,
         cache_dir=cfg.data.cache_dir, progress=progress,
     )
+    # splits.csv only once every image of it decoded: after a bad-image error, fixing the
+    # dataset (e.g. deleting the image) and re-running draws the splits again
+    run_splits = Path(run_dir) / SPLITS_FILE if run_dir is not None else None
+    if run_splits is not None and not run_splits.exists():
+        write_splits(splits, run_splits)
     class_index = {c: i for i, c in enumerate(cfg.data.classes)}
     labels = splits["label"].map(class_index).to_numpy(dtype=np.int64)
     return PreparedData(
