@@ -36,3 +36,23 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
                 pass
     with RunLock(tmp_path):  # released
         pass
+
+
+def test_evaluate_robustness_takes_run_as_option_or_positional(capsys):
+    from robsal.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["evaluate-robustness", "--run", "R"]).run == "R"
+    assert p.parse_args(["evaluate-robustness", "R"]).run_pos == "R"
+    assert main(["evaluate-robustness"]) == 2
+    assert "--run RUN" in capsys.readouterr().err
+
+
+def test_report_of_a_file_or_a_foreign_folder_is_refused(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    assert main(["report", "--run", str(f)]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err
+    assert main(["report", "--run", str(tmp_path)]) == 2  # holds a file, but nothing of robsal's
+    assert "not a robsal run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no report written into it

@@ -171,3 +171,15 @@ def test_force_replaces_only_the_generators_own_files(tmp_path):
     assert new["settings"]["n"] == 4 and len(list((out / "images").glob("*.jpg"))) == 4 + 1  # old images gone
     leftovers = [p for p in tmp_path.iterdir() if p.name != "synth"]
     assert leftovers == []  # no temporary folder left beside it
+
+
+def test_generated_dataset_folder_has_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from robsal.data.synthetic import SynthSettings, generate
+
+    out = generate(tmp_path / "s", SynthSettings(n=3, size=16), progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700

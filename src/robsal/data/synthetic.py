@@ -463,6 +463,9 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
             raise DataError(f"{out} is not a synthetic dataset (no synth.json); refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset folder gets the usual mode
     t0 = time.perf_counter()
     try:
         (tmp / "images").mkdir()

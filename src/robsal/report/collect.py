@@ -139,6 +139,10 @@ def _model_order(run: RunContents, names: list[str]) -> list[str]:
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
+# what every folder robsal ran in holds (a report of an empty folder lists everything as missing)
+RUN_MARKERS = ("config.yaml", "run.json", "stages.json", "models", "splits.csv")
+
+
 def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     """Read every part of ``run_dir`` that exists; list the absent parts in ``missing``.
 
@@ -146,8 +150,15 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     :func:`robsal.data.load_run_data` is tried and its failure is reported as missing.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run directory; pass the --out folder of `robsal run`")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out folder of `robsal run`")
+    if any(run_dir.iterdir()) and not any((run_dir / n).exists() for n in RUN_MARKERS):
+        raise UserError(
+            f"{run_dir} is not a robsal run directory (none of {', '.join(RUN_MARKERS)}); "
+            "pass the --out folder of `robsal run`"
+        )
     run = RunContents(run_dir=run_dir)
 
     cfg_path = run_dir / "config.yaml"

@@ -100,7 +100,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from robsal.training.evaluate import evaluate_model
     from robsal.utils import resolve_device
 
-    run_dir = Path(args.run)
+    if args.run is not None and args.run_pos is not None and args.run != args.run_pos:
+        raise ConfigError(f"evaluate-robustness: two run directories given ({args.run_pos}, --run {args.run}); give one")
+    if (args.run or args.run_pos) is None:
+        raise ConfigError("evaluate-robustness: no run directory; use `robsal evaluate-robustness --run RUN`")
+    run_dir = Path(args.run or args.run_pos)
     cfg = load_run_config(run_dir)
     device = resolve_device(args.device or cfg.device)
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else [m.name for m in cfg.models]
@@ -138,7 +142,8 @@ def register(sub) -> None:  # noqa: ANN001
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate-robustness", help="clean and PGD accuracy of a run's models (updates model.json)")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run_pos", nargs="?", default=None, metavar="RUN", help="run directory (or --run RUN)")
+    p.add_argument("--run", default=None, help="run directory (as in explain, evaluate and report)")
     p.add_argument("--models", default=None, help="comma-separated model names (default: all)")
     p.add_argument("--eps", default=None, help="comma-separated eps in paper units (default: robustness.eps)")
     p.add_argument("--steps", type=int, default=None, help="PGD steps (default: robustness.steps)")
