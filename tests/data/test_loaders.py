@@ -193,3 +193,23 @@ def test_cli_synth_then_check(tmp_path, capsys):
     rc = main(["data", "synth", "--out", str(tmp_path / "s2"), "--n", "30", "--hair-rate", "1.5"])
     assert rc == 2 and "data.synth.hair_rate" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists()
+
+
+def test_class_folders_differing_only_in_case_are_refused(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from robsal.data.folder import read_folder
+    from robsal.errors import DataError
+
+    for c in ("Mel", "mel", "nv"):
+        (tmp_path / c).mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / c / f"{c}_x.png")
+    try:
+        read_folder(tmp_path)
+    except DataError as exc:
+        assert "'Mel/' and 'mel/' differ only in case" in str(exc) and "\n" not in str(exc)
+    else:  # a case-insensitive file system cannot hold both folders
+        import pytest
+
+        pytest.skip("this file system does not distinguish the folders' case")

@@ -36,6 +36,15 @@ def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIn
             f"{root}: no class sub-folders; the folder layout is root/<class>/<image>.png "
             "(or give a HAM10000 metadata CSV)"
         )
+    by_label: dict[str, list[str]] = {}
+    for cdir in class_dirs:
+        by_label.setdefault(cdir.name.lower(), []).append(cdir.name)
+    for label, names in by_label.items():
+        if len(names) > 1:  # class names are case-insensitive: 'A/' and 'a/' would silently merge
+            raise DataError(
+                f"{root}: class folders {' and '.join(repr(n + '/') for n in names)} differ only in case "
+                f"and would both be class {label!r}; merge or rename them"
+            )
     rows = []
     seen: dict[str, Path] = {}
     for cdir in class_dirs:
