@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,26 @@ def test_report_of_a_file_or_a_foreign_folder_is_refused(tmp_path, capsys):
     assert main(["report", "--run", str(tmp_path)]) == 2  # holds a file, but nothing of robsal's
     assert "not a robsal run directory" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no report written into it
+
+
+@pytest.mark.parametrize("below", [False, True])
+@pytest.mark.parametrize("cmd", [["run", "--config", "tiny"], ["data", "synth", "--n", "3"]])
+def test_out_naming_an_existing_file_is_one_line_and_exit_2(tmp_path, capsys, cmd, below):
+    f = tmp_path / "taken"
+    f.write_text("mine")
+    assert main([*cmd, "--out", str(f / "sub" if below else f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "taken" in err and "Traceback" not in err
+    assert f.read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root may write anywhere")
+def test_out_in_a_folder_without_write_permission_is_one_line(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["run", "--config", "tiny", "--out", str(ro / "run")]) == 2
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)

@@ -8,6 +8,7 @@ function in its ``cli`` module; this file only wires them together and turns
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -116,6 +117,30 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return _python_formatwarning(message, category, filename, lineno, line)
 
 
+# errors of the file system that the user fixes (a path, a permission, a full disk), not bugs
+_FS_ERRNOS = {
+    errno.EACCES: "permission denied; choose a folder you may write to or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you may write to",
+    errno.EROFS: "the file system is read-only; choose an output folder on a writable one",
+    errno.ENOTDIR: "a file stands where a folder is needed; choose another --out folder or move the file",
+    errno.EEXIST: "a file of that name already exists; choose another --out folder or move the file",
+    errno.EISDIR: "a folder stands where a file is needed; choose another path",
+    errno.ENOSPC: "no space left on the device; free space or choose another folder, then re-run",
+    errno.ENAMETOOLONG: "the path is too long; choose a shorter one",
+}
+if hasattr(errno, "EDQUOT"):
+    _FS_ERRNOS[errno.EDQUOT] = "disk quota exceeded; free space or choose another folder, then re-run"
+
+
+def file_system_message(exc: OSError) -> str | None:
+    """One line for an OSError the user can fix (naming the path), or None for any other."""
+    hint = _FS_ERRNOS.get(exc.errno) if exc.errno is not None else None
+    if hint is None:
+        return None
+    where = exc.filename if exc.filename is not None else "a file robsal writes"
+    return f"{where}: {exc.strerror or 'error'} ({hint})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -136,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"robsal: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system refused: permissions, read-only, a file where a folder goes
+        message = file_system_message(exc)
+        if message is None:
+            raise
+        print(f"robsal: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("robsal: interrupted (SIGINT); finished work is saved; re-run the same command to resume",
               file=sys.stderr)
