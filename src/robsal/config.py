@@ -389,7 +389,17 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; /dev/zero or a stray dataset file is not one
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from robsal.errors import DataError
+    from robsal.io import check_regular_file
+
+    try:
+        check_regular_file(path, "config", MAX_CONFIG_BYTES)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -166,3 +166,27 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Load an ``.npz`` written by :func:`save_npz` (never unpickles objects)."""
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def check_regular_file(path: str | Path, what: str, max_bytes: int | None = None) -> Path:
+    """``path`` if it is a regular file (not a FIFO, device or socket) of at most ``max_bytes``.
+
+    Opening a FIFO blocks until a writer comes and ``/dev/zero`` never ends: both are refused
+    with a one-line :class:`~robsal.errors.DataError` before anything is read.
+    """
+    import stat as _stat
+
+    from robsal.errors import DataError
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not _stat.S_ISREG(st.st_mode):
+        raise DataError(f"{what} {path} is not a regular file (a pipe, device or folder); give a file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise DataError(f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} a {what} may have")
+    return path

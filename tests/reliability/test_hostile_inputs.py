@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -162,3 +163,34 @@ def test_a_run_directory_locked_by_another_process_is_refused(tmp_path, capsys, 
     assert rc == 2 and err.count("\n") == 0 and "in use by PID 4242" in err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]  # locked before writing: no config, data or splits
     assert not (run / "models").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_a_fifo_where_an_image_or_mask_is_expected_is_refused_without_blocking(tmp_path):
+    from robsal.data.cache import load_image, load_mask
+    from robsal.errors import DataError
+
+    fifo = tmp_path / "img.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_image(fifo, 8)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_mask(fifo, 8, (8, 8))
+
+
+def test_a_device_or_huge_file_as_config_is_refused_before_reading(tmp_path):
+    from robsal.config import MAX_CONFIG_BYTES, load_config
+    from robsal.errors import ConfigError
+
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config("/dev/zero")
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError, match="more than"):
+        load_config(str(big))
+    base = tmp_path / "base.yaml"
+    base.write_text("base: /dev/zero\n")
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config(str(base))

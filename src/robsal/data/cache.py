@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.errors import DataError
-from robsal.io import atomic_path, write_json
+from robsal.io import atomic_path, check_regular_file, write_json
 
 CACHE_VERSION = 2  # 2: 16-bit and float images scaled by their range; {0, 1} masks
 
@@ -113,6 +113,7 @@ def mask_bool(path: str | Path) -> np.ndarray:
 
 def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
     """(3, size, size) uint8 and the original (width, height); DataError if unreadable."""
+    check_regular_file(path, "image")
     try:
         with Image.open(path) as im:
             im.load()
@@ -152,6 +153,7 @@ def _binary_mask(im: Image.Image, path: str | Path) -> Image.Image:
 
 def load_mask(path: str | Path, size: int, image_size_wh: tuple[int, int], center_crop: bool = True) -> np.ndarray:
     """(size, size) uint8 {0, 1} from a {0, 1} or {0, 255} mask; the mask must have its image's size."""
+    check_regular_file(path, "mask")
     try:
         with Image.open(path) as im:
             im.load()
