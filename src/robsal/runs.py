@@ -119,6 +119,26 @@ def config_from_yaml_text(text: str) -> Config:
     return from_dict(yaml.safe_load(text) or {})
 
 
+def writes_run(fn):  # noqa: ANN001, ANN201  (a decorator keeps the signature)
+    """Hold the run lock (re-entrant) while ``fn(run_dir, ...)`` writes into an existing run folder.
+
+    Every stage function that writes into ``RUN/`` (explain, evaluate, report, robustness)
+    is decorated, so ``robsal explain --run R`` cannot rewrite maps while ``robsal run`` is
+    evaluating ``R``; inside ``robsal run``, which already holds the lock, it is re-entered.
+    A run folder that does not exist is left to ``fn`` to report (no folder is created).
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(run_dir, *args, **kwargs):  # noqa: ANN001, ANN202
+        if not Path(run_dir).is_dir():
+            return fn(run_dir, *args, **kwargs)
+        with RunLock(run_dir, reentrant=True):
+            return fn(run_dir, *args, **kwargs)
+
+    return wrapper
+
+
 class RunLock:
     """An exclusive lock on a run directory (``RUN/.lock``), held while a command writes to it.
 

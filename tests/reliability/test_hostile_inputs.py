@@ -194,3 +194,27 @@ def test_a_device_or_huge_file_as_config_is_refused_before_reading(tmp_path):
     if os.path.exists("/dev/zero"):
         with pytest.raises(ConfigError, match="not a regular file"):
             load_config(str(base))
+
+
+@pytest.mark.parametrize("cmd", [["explain", "--run"], ["evaluate", "--run"], ["report", "--run"],
+                                 ["evaluate-robustness", "--run"]])
+def test_every_command_writing_into_a_run_takes_its_lock(tmp_path, capsys, cmd):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("base: tiny\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         f"f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('4243'); f.flush()\n"
+         "print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc = main([*cmd, str(run)])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "in use by PID 4243" in err, err
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]  # nothing written

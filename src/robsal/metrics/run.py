@@ -38,6 +38,7 @@ from robsal.errors import DataError, UserError
 from robsal.io import atomic_open, load_npz, read_json, write_json
 from robsal.metrics import alignment, complexity, faithfulness, gate, localisation, sanity, stability, stats
 from robsal.metrics.explainer import ExplainFn, default_explain_fn
+from robsal.runs import writes_run
 from robsal.utils import resolve_device
 
 COLUMNS = ["image_id", "model", "method", "metric", "value"]
@@ -170,6 +171,7 @@ def _map_metrics(
             rec.add(ids[present], model, method, f"artifact_area_{art}", localisation.lesion_area(amask[present]))
 
 
+@writes_run
 def evaluate_run(
     run_dir: str | Path,
     *,

@@ -32,6 +32,7 @@ from robsal.io import write_text
 from robsal.report import figures as F
 from robsal.report.assets import EMBED_LIMIT_BYTES, ImageStore, estimate_png_bytes
 from robsal.report.collect import RunContents, SaliencySet, collect
+from robsal.runs import writes_run
 
 REPORT_NAME = "report.html"
 EXAMPLES_PER_CLASS = 4
@@ -905,6 +906,7 @@ def render_report(run: RunContents, store: ImageStore) -> str:
     )
 
 
+@writes_run
 def build_report(run_dir: str | Path, *, data: Any = None, embed: bool | None = None) -> Path:
     """Write ``RUN/report.html`` from whatever the run directory holds; return its path.
 

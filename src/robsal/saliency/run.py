@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from robsal.config import Config, load_run_config
 from robsal.errors import CheckpointError, DataError
 from robsal.io import save_npz, write_json
+from robsal.runs import writes_run
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
 from robsal.saliency.seeds import image_seeds
@@ -132,6 +133,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+@writes_run
 def explain_run(
     run_dir: str | Path,
     *,

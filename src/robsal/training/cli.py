@@ -93,6 +93,16 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from robsal.runs import RunLock
+
+    run = args.run or args.run_pos
+    if run is not None and Path(run).is_dir():
+        with RunLock(run, reentrant=True):  # model.json is rewritten: one writer at a time
+            return _evaluate_locked(args)
+    return _evaluate_locked(args)
+
+
+def _evaluate_locked(args: argparse.Namespace) -> int:
     from robsal.config import load_run_config
     from robsal.data import load_run_data  # type: ignore[attr-defined]
     from robsal.errors import CheckpointError, ConfigError
