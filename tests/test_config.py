@@ -122,3 +122,32 @@ def test_a_path_as_config_name_writes_nothing_outside_the_runs_folder(tmp_path, 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "name:" in err and "--out" in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.yaml", "work"]
+
+
+@pytest.mark.parametrize("override, key", [("data.image_size=100000", "data.image_size"),
+                                           ("data.synth.size=99999", "data.synth.size"),
+                                           ("data.synth.n=10000000000", "data.synth.n")])
+def test_sizes_have_an_upper_bound(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: must be <="):
+        load_config("tiny", [override])
+
+
+@pytest.mark.parametrize("device", ["meta", "xla", "cuda:99"])
+def test_unsupported_or_absent_devices_are_config_errors(device):
+    from robsal.utils import resolve_device
+
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device(device)
+
+
+def test_a_decompression_bomb_is_a_one_line_data_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from robsal.data.cache import load_image
+    from robsal.errors import DataError
+
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # > 2x the limit: Pillow raises
+    with pytest.raises(DataError, match="bomb.png: cannot read image"):
+        load_image(path, 16)

@@ -389,6 +389,9 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+MAX_IMAGE_SIZE = 1024  # model input side, px (the paper: 224)
+MAX_SYNTH_SIZE = 2048  # rendered image height, px
+MAX_SYNTH_IMAGES = 1_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; /dev/zero or a stray dataset file is not one
 
 
@@ -513,6 +516,8 @@ def validate(cfg: Config) -> None:
         need(0 <= v < 2**63, key, f"must lie in [0, 2**63), got {v}")
     d = cfg.data
     need(d.image_size >= 16, "data.image_size", f"must be >= 16 px, got {d.image_size}")
+    need(d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+         f"must be <= {MAX_IMAGE_SIZE} px (the cache holds N x 3 x size^2 bytes), got {d.image_size}")
     need(len(d.classes) >= 2, "data.classes", "needs at least two classes")
     need(len(set(d.classes)) == len(d.classes), "data.classes", "lists a class twice")
     for key in ("train_per_class", "test_per_class"):
@@ -523,6 +528,8 @@ def validate(cfg: Config) -> None:
     s = d.synth
     need(s.n >= 3, "data.synth.n", "must be >= 3 (one image per class)")
     need(s.size >= 16, "data.synth.size", "must be >= 16 px")
+    need(s.size <= MAX_SYNTH_SIZE, "data.synth.size", f"must be <= {MAX_SYNTH_SIZE} px, got {s.size}")
+    need(s.n <= MAX_SYNTH_IMAGES, "data.synth.n", f"must be <= {MAX_SYNTH_IMAGES} images, got {s.n}")
     for key in ("multi_view_rate", "hair_rate", "ruler_rate", "vignette_rate", "bubble_rate", "difficulty"):
         v = getattr(s, key)
         need(0.0 <= v <= 1.0, f"data.synth.{key}", f"must lie in [0, 1], got {v}")

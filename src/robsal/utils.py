@@ -27,6 +27,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, xpu ...: robsal has never run there
+        raise ConfigError(f"device: {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available() and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but no CUDA GPU is visible; use device=cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():

@@ -119,7 +119,7 @@ def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[n
             im.load()
             orig = im.size
             im = _to_rgb(im, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
     box = _crop_box(*orig, center_crop)
     if box is not None:
@@ -158,7 +158,7 @@ def load_mask(path: str | Path, size: int, image_size_wh: tuple[int, int], cente
         with Image.open(path) as im:
             im.load()
             m = _binary_mask(im, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read mask ({exc}); replace or delete the mask file") from None
     if m.size != tuple(image_size_wh):
         raise DataError(

@@ -57,7 +57,7 @@ def _verify_image(path: str) -> tuple[int, int]:
         with Image.open(path) as im:
             im.load()
             return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
 
 
@@ -80,7 +80,7 @@ def verify_files(index: DatasetIndex, problems: Problems) -> np.ndarray:
                 with Image.open(mp) as m:
                     m.load()
                     size = m.size
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
                 problems.add(f"{mp}: cannot read mask ({exc}); replace or delete the mask file")
                 continue
             if size != wh:

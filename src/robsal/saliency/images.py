@@ -34,7 +34,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
             left, top = (w - s) // 2, (h - s) // 2
             im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; give a JPEG or PNG file") from None
     return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
