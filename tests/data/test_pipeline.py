@@ -99,3 +99,39 @@ def test_a_metadata_csv_with_a_header_and_no_rows_is_an_error(tmp_path, capsys):
     assert main(["data", "check", "--data", str(root)]) == 2
     out = capsys.readouterr().out  # data check lists its problems, one line each
     assert "dataset is empty (its metadata CSV lists no images)" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("content, encoding, expect", [
+    ("lesion_id,image_id,dx_type\nL1,ISIC_1,histo\n", "utf-8", "missing column(s) dx"),
+    ("lesion_id;image_id;dx\nL1;ISIC_1;mel\n", "utf-8", "uses ';' as separator"),
+    ("lesion_id,image_id,dx,localization\nL1,ISIC_1,mel,\u00e9paule\n", "latin-1", "not UTF-8"),
+])
+def test_a_metadata_csv_that_does_not_qualify_says_why(tmp_path, content, encoding, expect):
+    from robsal.data.pipeline import read_dataset
+    from robsal.errors import DataError
+
+    root = tmp_path / "ham"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    (root / "HAM10000_metadata.csv").write_bytes(content.encode(encoding))
+    with pytest.raises(DataError) as exc:
+        read_dataset(root)
+    assert expect in str(exc.value) and "class 'mel'" not in str(exc.value)
+
+
+def test_images_and_masks_folders_without_metadata_are_not_classes(tmp_path):
+    from robsal.data.pipeline import read_dataset
+    from robsal.errors import DataError
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    with pytest.raises(DataError, match="no metadata CSV"):
+        read_dataset(tmp_path)
+
+
+def test_a_stray_csv_beside_class_folders_keeps_the_folder_layout(tmp_path):
+    from robsal.data.pipeline import detect_layout
+
+    (tmp_path / "mel").mkdir()
+    (tmp_path / "notes.csv").write_text("when,what\n2026,scanned\n")
+    assert detect_layout(tmp_path) == "folder"

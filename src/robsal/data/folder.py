@@ -36,6 +36,11 @@ def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIn
             f"{root}: no class sub-folders; the folder layout is root/<class>/<image>.png "
             "(or give a HAM10000 metadata CSV)"
         )
+    if {p.name.lower() for p in class_dirs} <= {"images", "masks"}:
+        raise DataError(
+            f"{root}: has {' and '.join(p.name + '/' for p in class_dirs)} but no metadata CSV, so it is "
+            "neither HAM10000 (put HAM10000_metadata.csv here) nor class folders (root/<class>/<image>)"
+        )
     by_label: dict[str, list[str]] = {}
     for cdir in class_dirs:
         by_label.setdefault(cdir.name.lower(), []).append(cdir.name)

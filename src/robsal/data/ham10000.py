@@ -59,6 +59,27 @@ def find_metadata(root: Path, strict: bool = True) -> Path | None:
     return None
 
 
+def looks_like_metadata(root: Path) -> Path | None:
+    """A CSV in ``root`` that is meant as HAM10000 metadata even if it does not qualify, or None.
+
+    Its name starts with ``HAM10000_metadata``, or its first line (read whatever its encoding
+    or separator) names ``image_id`` or ``dx``: then the layout is HAM10000 and the reader says
+    what is wrong with the file, instead of the dataset being taken for class folders.
+    """
+    for p in sorted(q for q in root.iterdir() if q.is_file() and q.suffix.lower() == ".csv"):
+        if p.name.lower().startswith("ham10000_metadata"):
+            return p
+        try:
+            with open(p, "rb") as fh:
+                first = fh.readline(65536).decode("latin-1").lower()
+        except OSError:
+            continue
+        cols = {c.strip().strip('"') for c in first.replace(";", ",").replace("\t", ",").split(",")}
+        if {"image_id", "dx"} & cols:
+            return p
+    return None
+
+
 def scan_files(root: Path) -> tuple[dict[str, list[Path]], dict[str, dict[str, Path]]]:
     """Walk ``root``: image id -> image files, and mask kind -> {image id: mask file}.
 
@@ -88,7 +109,10 @@ def read_metadata(path: Path, problems: Problems) -> pd.DataFrame | None:
     """The metadata table with lower-case column names; None when unusable."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except UnicodeDecodeError:
+        problems.add(f"{path}: the metadata CSV is not UTF-8 text (e.g. Latin-1); save it as UTF-8 and re-run")
+        return None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         problems.add(f"{path}: cannot read the metadata CSV ({str(exc).splitlines()[0]}); fix or replace the file")
         return None
     names = [str(c).strip().lower() for c in table.columns]
@@ -101,6 +125,10 @@ def read_metadata(path: Path, problems: Problems) -> pd.DataFrame | None:
         return None
     table.columns = names
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing and len(table.columns) == 1 and any(sep in table.columns[0] for sep in (";", "\t")):
+        sep = "';'" if ";" in table.columns[0] else "a tab"
+        problems.add(f"{path}: the metadata CSV uses {sep!s} as separator; save it with commas (,) and re-run")
+        return None
     if missing:
         problems.add(
             f"{path}: metadata is missing column(s) {', '.join(missing)}; HAM10000 metadata needs "

@@ -28,7 +28,7 @@ from robsal.config import Config, DataConfig, load_run_config
 from robsal.data import synthetic
 from robsal.data.cache import default_cache_dir, load_arrays
 from robsal.data.folder import read_folder
-from robsal.data.ham10000 import find_metadata, read_ham10000
+from robsal.data.ham10000 import find_metadata, looks_like_metadata, read_ham10000
 from robsal.data.index import INDEX_COLUMNS, DatasetIndex, Problems, check_root, inside
 from robsal.data.prepared import PreparedData
 from robsal.data.splits import check_splits, make_splits, read_splits, write_splits
@@ -39,7 +39,8 @@ SPLITS_FILE = "splits.csv"
 
 def detect_layout(root: str | Path) -> str:
     """``ham10000`` when ``root`` has a metadata CSV (image_id, dx columns), else ``folder``."""
-    return "ham10000" if find_metadata(check_root(root)) is not None else "folder"
+    root = check_root(root)
+    return "ham10000" if find_metadata(root) is not None or looks_like_metadata(root) is not None else "folder"
 
 
 def read_dataset(root: str | Path, source: str = "auto", problems: Problems | None = None) -> DatasetIndex:
