@@ -117,3 +117,37 @@ def test_wrong_architecture_checkpoint_is_refused(tmp_path):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), pth)
     with pytest.raises(CheckpointError, match="does not fit"):
         build_model("resnet18", ["a", "b"], pretrained_path=pth)
+
+
+def _saved_model(tmp_path):
+    from robsal.models import build_model, save
+
+    m = build_model("resnet18", ["a", "b", "c"], image_size=32)
+    save(m, tmp_path / "m")
+    return tmp_path / "m"
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: [],                                   # a list instead of an object
+    lambda d: "resnet18",                           # a string
+    lambda d: {**d, "arch": 18},
+    lambda d: {**d, "classes": "a,b,c"},
+    lambda d: {**d, "classes": ["a", "a"]},
+    lambda d: {**d, "mean": [0.5, "x", 0.5]},
+    lambda d: {**d, "std": [0.2, 0.2, 0]},
+    lambda d: {**d, "image_size": "224"},
+    lambda d: {**d, "eps": -1},
+    lambda d: {**d, "metrics": [1, 2]},
+])
+def test_hand_edited_model_json_is_a_one_line_checkpoint_error(tmp_path, edit):
+    import json
+
+    from robsal.errors import CheckpointError
+    from robsal.models import load
+
+    d = _saved_model(tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(CheckpointError) as exc:
+        load(d)
+    assert "\n" not in str(exc.value) and "model.json" in str(exc.value)

@@ -13,6 +13,7 @@ config, commit, metrics). Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -236,6 +237,41 @@ def save(model: RobsalClassifier, model_dir: str | Path, **extra: Any) -> Path:
     return model_dir
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_model_meta(meta: Any, path: str | Path) -> None:
+    """The fields of a model.json that loading relies on have their types; else one-line CheckpointError."""
+
+    def bad(key: str, want: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {key} must be {want} (the file was edited or damaged); re-train or restore it")
+
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(meta).__name__}; re-train or restore it")
+    for key in ("arch", "classes"):
+        if key not in meta:
+            raise CheckpointError(f"{path} lacks the key {key!r}")
+    if not isinstance(meta["arch"], str) or not meta["arch"]:
+        raise bad("arch", "a torchvision model name")
+    classes = meta["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise bad("classes", "a list of at least two distinct class names")
+    for key in ("mean", "std"):
+        if key in meta and not (isinstance(meta[key], list) and len(meta[key]) == 3 and all(map(_is_number, meta[key]))
+                                and (key == "mean" or all(v > 0 for v in meta[key]))):
+            raise bad(key, "a list of 3 numbers" + (" > 0" if key == "std" else ""))
+    if "image_size" in meta and not (isinstance(meta["image_size"], int) and not isinstance(meta["image_size"], bool)
+                                     and 1 <= meta["image_size"] <= 8192):
+        raise bad("image_size", "a whole number of pixels")
+    for key in ("eps", "eps_l2"):
+        if key in meta and meta[key] is not None and not (_is_number(meta[key]) and meta[key] >= 0):
+            raise bad(key, "a number >= 0")
+    if "metrics" in meta and not isinstance(meta["metrics"], dict):
+        raise bad("metrics", "an object")
+
+
 def load(model_dir: str | Path, device: str | torch.device = "cpu") -> RobsalClassifier:
     """Load a model directory written by :func:`save`; returns it in eval mode.
 
@@ -249,11 +285,9 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu") -> RobsalCla
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({exc.msg}); re-train or restore it") from None
-    for key in ("arch", "classes"):
-        if key not in meta:
-            raise CheckpointError(f"{meta_path} lacks the key {key!r}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({getattr(exc, 'msg', exc)}); re-train or restore it") from None
+    check_model_meta(meta, meta_path)
     model = build_model(
         meta["arch"],
         meta["classes"],
