@@ -93,6 +93,51 @@ def atomic_path(
             tmp_path.unlink()
 
 
+def reserve(path: str | os.PathLike[str]) -> None:
+    """Allocate every block of the file at ``path`` now (its current length), before it is memory-mapped.
+
+    Writing into a sparse memory-mapped file on a full disk kills the process with SIGBUS
+    (no message, a temporary left behind); with the blocks reserved, a full disk is an
+    ``ENOSPC`` here instead, which :func:`atomic_path` turns into :class:`DiskFullError`.
+    File systems without ``posix_fallocate`` get the file's blocks by rewriting its bytes.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except AttributeError:  # not on this OS
+            pass
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+                raise
+        for off in range(0, size, 1 << 20):  # rewrite each chunk as it is: the blocks get allocated
+            os.pwrite(fd, os.pread(fd, min(1 << 20, size - off), off), off)
+    finally:
+        os.close(fd)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` whose full-disk error is an ``OSError(ENOSPC)``.
+
+    safetensors reports I/O errors as its own ``SafetensorError`` (with the OS error code in
+    the text); inside :func:`atomic_path` the ``ENOSPC`` becomes :class:`DiskFullError`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        text = str(exc)
+        if "code: 28" in text or "No space left" in text or "code: 122" in text or "quota" in text.lower():
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path}") from None
+        raise
+
+
 def clean_temporaries(folder: str | os.PathLike[str]) -> int:
     """Delete temporary files that :func:`atomic_path` left in ``folder`` when its process was killed.
 

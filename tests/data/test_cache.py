@@ -168,3 +168,60 @@ def test_a_mask_with_other_values_is_a_one_line_error_naming_the_file(tmp_path):
     with pytest.raises(DataError, match=r"grey\.png: mask values are \{0, 128\}, not \{0, 1\} or \{0, 255\}") as exc:
         load_mask(path, 8, (8, 8))
     assert "\n" not in str(exc.value)
+
+
+# ----------------------------------------------------------------- full disk while caching
+
+
+def _images(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        p = folder / f"i{k}.png"
+        Image.fromarray(np.full((8, 8, 3), k % 255, np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_full_disk_at_reserve_is_a_disk_full_error_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from robsal.io import DiskFullError
+
+    def full(fd, off, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    cache = tmp_path / "cache"
+    with pytest.raises(DiskFullError, match="no space left"):
+        load_arrays(_rows(_images(tmp_path / "img", 3)), 16, cache_dir=cache, progress=False)
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # no temporary .npy, no done.json
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_on_a_real_small_file_system_is_one_error_not_sigbus(tmp_path):
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        paths = _images(tmp_path / "img", 40)  # 40 x 3 x 128^2 = 1.9 MB of cache > 1 MiB
+        code = (
+            "import sys, pandas as pd\n"
+            "from robsal.data.cache import load_arrays\n"
+            "from robsal.io import DiskFullError\n"
+            f"rows = pd.read_pickle({str(tmp_path / 'rows.pkl')!r})\n"
+            "try:\n"
+            f"    load_arrays(rows, 128, cache_dir={str(mnt)!r}, progress=False)\n"
+            "except DiskFullError as e:\n"
+            "    print('DISKFULL', e); sys.exit(2)\n"
+        )
+        _rows(paths).to_pickle(tmp_path / "rows.pkl")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "DISKFULL" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-500:])
+        assert not [p for p in mnt.rglob("*") if p.is_file()]  # nothing half-written left on the small disk
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

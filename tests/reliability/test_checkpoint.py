@@ -233,7 +233,7 @@ def test_signals_are_held_during_a_checkpoint_write(data, tmp_path, monkeypatch,
     cfg = cfg_for()
     run_fit(data, cfg, tmp_path)  # latest = epoch 4, previous = epoch 3
     ck = read_checkpoint(tmp_path / LATEST)
-    real_save = ckpt.save_file
+    real_save = ckpt.save_safetensors
     # A process started in the background by a non-interactive shell inherits SIGINT ignored
     # (POSIX); give it Python's usual Ctrl-C handler for this test.
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -244,7 +244,7 @@ def test_signals_are_held_during_a_checkpoint_write(data, tmp_path, monkeypatch,
             os.kill(os.getpid(), sig)  # delivered while the checkpoint is half-written
             real_save(tensors, filename, metadata=metadata)
 
-        monkeypatch.setattr(ckpt, "save_file", save_with_signal)
+        monkeypatch.setattr(ckpt, "save_safetensors", save_with_signal)
         state = {**ck.state, "epoch": 99}
         with signals.handle_termination(), pytest.raises(exc):
             ckpt.write_checkpoint(tmp_path, ck.tensors, state)
@@ -277,7 +277,7 @@ def test_disk_full_mid_write_keeps_the_previous_checkpoint(data, tmp_path, monke
             fh.write(b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", half_then_enospc)
+    monkeypatch.setattr(ckpt, "save_safetensors", half_then_enospc)
     with pytest.raises(DiskFullError) as e:
         ckpt.write_checkpoint(tmp_path, ck.tensors, ck.state)
     assert isinstance(e.value, UserError) and isinstance(e.value, OSError)

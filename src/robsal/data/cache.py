@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.errors import DataError
-from robsal.io import atomic_path, check_regular_file, write_json
+from robsal.io import atomic_path, check_regular_file, reserve, write_json
 
 CACHE_VERSION = 2  # 2: 16-bit and float images scaled by their range; {0, 1} masks
 
@@ -230,6 +230,7 @@ def load_arrays(
     any_mask = rows["mask_path"].map(_path_or_none).notna().any()
     with atomic_path(folder / "images.npy", suffix=".npy") as tmp_img:
         images = np.lib.format.open_memmap(tmp_img, mode="w+", dtype=np.uint8, shape=(n, 3, s, s))
+        reserve(tmp_img)  # a full disk is an error here, not a SIGBUS while the map is written
         masks = np.zeros((n, s, s), np.uint8) if any_mask else None
         has_mask = np.zeros(n, bool)
         arts = {a: np.zeros((n, s, s), np.uint8) for a in ARTIFACT_NAMES} if with_artifacts else {}

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 import torchvision
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from robsal.errors import CheckpointError, ConfigError
-from robsal.io import atomic_path, write_json
+from robsal.io import atomic_path, save_safetensors, write_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -229,7 +229,7 @@ def save(model: RobsalClassifier, model_dir: str | Path, **extra: Any) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(model_dir / "model.safetensors", suffix=".safetensors") as tmp:
-        save_file(state, str(tmp))
+        save_safetensors(state, tmp)
     meta = dict(model.meta)
     meta.update(extra)
     model.meta = meta

@@ -39,11 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from robsal import signals
 from robsal.errors import CheckpointError
-from robsal.io import atomic_path, clean_temporaries
+from robsal.io import atomic_path, clean_temporaries, save_safetensors
 
 FORMAT = "robsal-checkpoint/1"
 LATEST = "latest.safetensors"
@@ -98,7 +97,7 @@ def write_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], state
     metadata = {"format": FORMAT, "state": state_json, "sha256": _digest(cpu, state_json)}
     with signals.deferred():  # a Ctrl-C or SIGTERM now is handled once the file is complete
         with atomic_path(folder / LATEST, suffix=".safetensors", keep_previous=folder / PREVIOUS) as tmp:
-            save_file(cpu, str(tmp), metadata=metadata)
+            save_safetensors(cpu, tmp, metadata=metadata)
     return folder / LATEST
 
 
