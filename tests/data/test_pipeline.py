@@ -135,3 +135,16 @@ def test_a_stray_csv_beside_class_folders_keeps_the_folder_layout(tmp_path):
     (tmp_path / "mel").mkdir()
     (tmp_path / "notes.csv").write_text("when,what\n2026,scanned\n")
     assert detect_layout(tmp_path) == "folder"
+
+
+def test_an_oversized_metadata_csv_is_refused_before_reading(tmp_path, monkeypatch):
+    from robsal.data import ham10000
+    from robsal.data.pipeline import read_dataset
+    from robsal.errors import DataError
+
+    root = tmp_path / "ham"
+    (root / "images").mkdir(parents=True)
+    (root / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n" + "L,ISIC_1,mel\n" * 100)
+    monkeypatch.setattr(ham10000, "MAX_METADATA_BYTES", 100)
+    with pytest.raises(DataError, match="more than the 100"):
+        read_dataset(root)

@@ -27,6 +27,7 @@ import pandas as pd
 from robsal.data.index import IMAGE_EXTS, INDEX_COLUMNS, DatasetIndex, Problems, check_root, inside
 from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.errors import DataError
+from robsal.io import check_regular_file
 
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -105,8 +106,16 @@ def scan_files(root: Path) -> tuple[dict[str, list[Path]], dict[str, dict[str, P
     return images, masks
 
 
+MAX_METADATA_BYTES = 512 << 20  # HAM10000's is 0.6 MB; a bigger file is not metadata
+
+
 def read_metadata(path: Path, problems: Problems) -> pd.DataFrame | None:
     """The metadata table with lower-case column names; None when unusable."""
+    try:
+        check_regular_file(path, "metadata CSV", MAX_METADATA_BYTES)
+    except DataError as exc:
+        problems.add(str(exc))
+        return None
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except UnicodeDecodeError:
