@@ -227,3 +227,48 @@ def test_random_splits_rows_give_splits_or_a_data_error(ham_root, text):
         return
     assert set(df["split"]) <= {"train", "val", "test"}
     assert df["image_id"].is_unique
+
+
+# ----------------------------------------------------------------------------- model.json
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**40), max_value=2**40)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(tmp_path_factory):
+    from robsal.models import build_model, save
+
+    d = tmp_path_factory.mktemp("model") / "m"
+    save(build_model("resnet18", ["a", "b", "c"], image_size=32), d)
+    return d
+
+
+@FAST
+@given(key=st.sampled_from(["arch", "classes", "mean", "std", "image_size", "eps", "eps_l2", "metrics", "seed"]),
+       value=_json_values, whole=st.booleans())
+def test_random_model_json_edits_load_or_give_a_checkpoint_error(saved_model_dir, key, value, whole):
+    import json
+    import shutil
+
+    from robsal.errors import CheckpointError
+    from robsal.models import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "m"
+        shutil.copytree(saved_model_dir, d)
+        meta = json.loads((d / "model.json").read_text())
+        edited = value if whole else {**meta, key: value}
+        (d / "model.json").write_text(json.dumps(edited))
+        try:
+            model = load(d)
+        except CheckpointError as exc:
+            assert "\n" not in str(exc)
+        except ConfigError as exc:  # e.g. an arch name torchvision does not know
+            assert "\n" not in str(exc)
+        else:
+            assert model.meta["classes"] == meta["classes"] or key == "classes"
