@@ -272,3 +272,27 @@ def test_random_model_json_edits_load_or_give_a_checkpoint_error(saved_model_dir
             assert "\n" not in str(exc)
         else:
             assert model.meta["classes"] == meta["classes"] or key == "classes"
+
+
+# ----------------------------------------------------------------------------- run records
+
+
+@FAST
+@given(name=st.sampled_from(["stages.json", "metrics/summary.json", "models/standard/history.jsonl",
+                             "models/standard/model.json", "saliency/selection.json", "run.json"]),
+       value=_json_values)
+def test_random_run_records_give_a_report_or_a_user_error(name, value):
+    import json
+
+    from robsal.report.html import build_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp)
+        (run / "config.yaml").write_text("base: tiny\n")
+        path = run / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value) + "\n")
+        try:
+            assert build_report(run).exists()
+        except UserError as exc:
+            assert "\n" not in str(exc)
