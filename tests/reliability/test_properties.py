@@ -296,3 +296,37 @@ def test_random_run_records_give_a_report_or_a_user_error(name, value):
             assert build_report(run).exists()
         except UserError as exc:
             assert "\n" not in str(exc)
+
+
+# ----------------------------------------------------------------------------- image files
+
+
+@FAST
+@given(kind=st.sampled_from(["L", "RGB", "RGBA", "I;16", "I", "F", "1", "P", "LA", "bytes"]),
+       h=st.integers(1, 40), w=st.integers(1, 40), fmt=st.sampled_from(["PNG", "TIFF", "JPEG", "BMP"]),
+       seed=st.integers(0, 2**16), junk=st.binary(max_size=64))
+def test_random_image_files_decode_to_0_255_or_give_a_data_error(kind, h, w, fmt, seed, junk):
+    from robsal.data.cache import load_image
+
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"x.{fmt.lower()}"
+        try:
+            if kind == "bytes":
+                path.write_bytes(junk)
+            else:
+                dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}.get(kind, np.uint8)
+                shape = (h, w, {"RGB": 3, "RGBA": 4, "LA": 2}.get(kind, 1))
+                arr = (rng.random(shape) * (65535 if dtype != np.uint8 else 255)).astype(dtype).squeeze(-1) \
+                    if shape[-1] == 1 else (rng.random(shape) * 255).astype(np.uint8)
+                im = Image.fromarray(arr > 127) if kind == "1" else Image.fromarray(arr) if kind != "P" \
+                    else Image.fromarray(arr).convert("P")
+                im.save(path, format=fmt)
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # this format cannot store this mode: nothing to decode
+        try:
+            img, wh = load_image(path, 16)
+        except DataError as exc:
+            assert "\n" not in str(exc) and "x." in str(exc)
+        else:
+            assert img.shape == (3, 16, 16) and img.dtype == np.uint8 and wh[0] >= 1
