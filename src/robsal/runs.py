@@ -28,14 +28,17 @@ from robsal.utils import git_commit
 STAGES_FILE = "stages.json"
 
 
-def init_run(cfg: Config, run_dir: str | Path, *, allow_changed: bool = False) -> Path:
+def init_run(
+    cfg: Config, run_dir: str | Path, *, allow_changed: bool = False, accept_without_results: bool = True
+) -> Path:
     """Create ``run_dir`` and write ``config.yaml``.
 
     If the directory already holds a config that differs from ``cfg`` (other than the
     device and the thread count, which change speed, not results), refuse unless
     ``allow_changed``: reusing a run with another config would mix results. A folder with no
     result yet (:func:`has_results`: e.g. a first run that stopped at a wrong ``--data``)
-    takes the new config, and the splits drawn for the old one are dropped.
+    takes the new config, and the splits drawn for the old one are dropped, unless
+    ``accept_without_results`` is False (sweeps, whose folder holds a grid).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def init_run(cfg: Config, run_dir: str | Path, *, allow_changed: bool = False) -
         for key in ("device", "threads"):
             old.pop(key, None)
             new.pop(key, None)
-        if old != new and not has_results(run_dir):
+        if old != new and accept_without_results and not has_results(run_dir):
             (run_dir / "splits.csv").unlink(missing_ok=True)  # drawn for the old config's data
         elif old != new:
             diff = _first_difference(old, new)
@@ -119,19 +122,30 @@ def config_from_yaml_text(text: str) -> Config:
     return from_dict(yaml.safe_load(text) or {})
 
 
+# what every folder robsal ran in holds
+RUN_MARKERS = ("config.yaml", "run.json", "stages.json", "models", "splits.csv")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder that robsal has run in (it holds one of :data:`RUN_MARKERS`)."""
+    path = Path(path)
+    return path.is_dir() and any((path / n).exists() for n in RUN_MARKERS)
+
+
 def writes_run(fn):  # noqa: ANN001, ANN201  (a decorator keeps the signature)
     """Hold the run lock (re-entrant) while ``fn(run_dir, ...)`` writes into an existing run folder.
 
     Every stage function that writes into ``RUN/`` (explain, evaluate, report, robustness)
     is decorated, so ``robsal explain --run R`` cannot rewrite maps while ``robsal run`` is
     evaluating ``R``; inside ``robsal run``, which already holds the lock, it is re-entered.
-    A run folder that does not exist is left to ``fn`` to report (no folder is created).
+    A folder that is not a run (or does not exist) is left to ``fn`` to report; no lock file
+    is created in it.
     """
     import functools
 
     @functools.wraps(fn)
     def wrapper(run_dir, *args, **kwargs):  # noqa: ANN001, ANN202
-        if not Path(run_dir).is_dir():
+        if not is_run_dir(run_dir):  # fn refuses it (or reports an empty folder); no .lock left there
             return fn(run_dir, *args, **kwargs)
         with RunLock(run_dir, reentrant=True):
             return fn(run_dir, *args, **kwargs)

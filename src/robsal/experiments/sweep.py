@@ -157,11 +157,13 @@ def _init_sweep(cfg: Config, out: Path) -> None:
         new = cfg.to_dict()
         for d in (old, new):
             d.pop("device", None)
+            d.pop("threads", None)
         old_models, new_models = old.pop("models"), new.pop("models")
         if old == new and all(m in new_models for m in old_models):
             init_run(cfg, out, allow_changed=True)
             return
-    init_run(cfg, out)
+    # a sweep folder keeps its grid even before any cell finished: a shrunk grid is refused
+    init_run(cfg, out, accept_without_results=False)
 
 
 # --------------------------------------------------------------------------- training

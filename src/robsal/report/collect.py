@@ -20,6 +20,7 @@ import yaml
 
 from robsal.errors import CheckpointError, DataError, UserError
 from robsal.io import load_npz
+from robsal.runs import RUN_MARKERS, is_run_dir
 
 PER_IMAGE_COLUMNS = ["image_id", "model", "method", "metric", "value"]
 SALIENCY_KEYS = ("maps", "image_ids", "targets", "predictions")
@@ -139,10 +140,6 @@ def _model_order(run: RunContents, names: list[str]) -> list[str]:
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
-# what every folder robsal ran in holds (a report of an empty folder lists everything as missing)
-RUN_MARKERS = ("config.yaml", "run.json", "stages.json", "models", "splits.csv")
-
-
 def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     """Read every part of ``run_dir`` that exists; list the absent parts in ``missing``.
 
@@ -154,7 +151,8 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
         raise UserError(f"{run_dir} is a file, not a run directory; pass the --out folder of `robsal run`")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out folder of `robsal run`")
-    if any(run_dir.iterdir()) and not any((run_dir / n).exists() for n in RUN_MARKERS):
+    # a report of an empty folder lists everything as missing; a folder of other files is no run
+    if any(p.name != ".lock" for p in run_dir.iterdir()) and not is_run_dir(run_dir):
         raise UserError(
             f"{run_dir} is not a robsal run directory (none of {', '.join(RUN_MARKERS)}); "
             "pass the --out folder of `robsal run`"
