@@ -98,12 +98,14 @@ def _add_threads_option(sub: argparse._SubParsersAction) -> None:
 
 
 def _thread_count(text: str) -> int:
+    from robsal.threads import parse_threads
+
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+        n = parse_threads(text, "--threads")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if n is None:
+        raise argparse.ArgumentTypeError("--threads needs a number, e.g. --threads 2")
     return n
 
 

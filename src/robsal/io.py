@@ -32,7 +32,8 @@ class DiskFullError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -82,7 +83,7 @@ def atomic_path(
                     "free some space and re-run the same command",
                 ) from None
             raise
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp_path, path)

@@ -49,14 +49,13 @@ def init_run(
         for key in ("device", "threads"):
             old.pop(key, None)
             new.pop(key, None)
-        if old != new and accept_without_results and not has_results(run_dir):
+        if old != new:
+            if not accept_without_results or has_results(run_dir):
+                raise ConfigError(
+                    f"{run_dir} was made with another config ({_first_difference(old, new)}); "
+                    "use a new --out folder or the same config"
+                )
             (run_dir / "splits.csv").unlink(missing_ok=True)  # drawn for the old config's data
-        elif old != new:
-            diff = _first_difference(old, new)
-            raise ConfigError(
-                f"{run_dir} was made with another config ({diff}); use a new --out folder "
-                "or the same config"
-            )
     write_text(cfg_path, cfg.to_yaml())
     meta_path = run_dir / "run.json"
     meta = read_json(meta_path) if meta_path.exists() else {"created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -138,9 +138,10 @@ def _binary_mask(im: Image.Image, path: str | Path) -> Image.Image:
         return im.convert("L")
     raw = np.asarray(im if im.mode in ("L", "P", *_WIDE_MODES) else im.convert("L"))
     values = np.unique(raw)
-    if set(values.tolist()) <= {0, 1}:
+    found = set(values.tolist())
+    if found <= {0, 1}:
         fg = raw > 0
-    elif set(values.tolist()) <= {0, 255}:
+    elif found <= {0, 255}:
         fg = raw > 127
     else:
         shown = ", ".join(str(v) for v in values[:6].tolist()) + (", ..." if len(values) > 6 else "")

@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from robsal.errors import DataError
+from robsal.io import current_umask
 
 CLASSES = ("mel", "nv", "bkl")
 ARTIFACTS = ("hair", "ruler", "vignette", "bubble")
@@ -463,9 +464,7 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
             raise DataError(f"{out} is not a synthetic dataset (no synth.json); refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the dataset folder gets the usual mode
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the dataset folder gets the usual mode
     t0 = time.perf_counter()
     try:
         (tmp / "images").mkdir()
@@ -494,13 +493,13 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
         info = {"version": SYNTH_VERSION, "settings": settings.to_dict(), "classes": list(CLASSES),
                 "seconds": round(time.perf_counter() - t0, 3), "files": [*files, "synth.json"]}
         (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        foreign = _foreign_files(out) if out.exists() else []
-        if not foreign:  # the usual case: swap the whole folder at once
+        owned = _owned_files(out) if out.exists() else set()
+        if not (out.exists() and _foreign_files(out, owned)):  # the usual case: swap the whole folder at once
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
         else:  # keep the user's files: remove only the generator's old files, move the new ones in
-            for rel in _owned_files(out):
+            for rel in owned:
                 (out / rel).unlink(missing_ok=True)
             for rel in info["files"]:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -529,9 +528,8 @@ def _owned_files(out: Path) -> set[str]:
     return owned
 
 
-def _foreign_files(out: Path) -> list[str]:
-    """Files in ``out`` that the generator did not write (the user's own)."""
-    owned = _owned_files(out)
+def _foreign_files(out: Path, owned: set[str]) -> list[str]:
+    """Files in ``out`` that the generator did not write (not in ``owned``: the user's own)."""
     return sorted(rel for p in out.rglob("*") if p.is_file() and (rel := p.relative_to(out).as_posix()) not in owned)
 
 
