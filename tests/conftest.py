@@ -46,3 +46,26 @@ def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     run_pipeline(load_config("tiny", ["device=cpu"]), run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(options)``: a 1 MiB tmpfs mounted in tmp_path (e.g. ``"size=1m"``, ``"ro,size=1m"``),
+    unmounted afterwards; the test is skipped where mounting is not allowed (not root)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(options: str = "size=1m") -> Path:
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        mnt = tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -82,16 +82,9 @@ def test_out_in_a_folder_without_write_permission_is_one_line(tmp_path, capsys):
         ro.chmod(0o700)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
 @pytest.mark.parametrize("cmd", [["run", "--config", "tiny"], ["data", "synth", "--n", "3"]])
-def test_out_on_a_read_only_file_system_is_one_line(tmp_path, capsys, cmd):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        assert main([*cmd, "--out", str(ro / "out")]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "read-only" in err and "Traceback" not in err
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
+def test_out_on_a_read_only_file_system_is_one_line(small_fs, capsys, cmd):
+    ro = small_fs("ro,size=1m")
+    assert main([*cmd, "--out", str(ro / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "read-only" in err and "Traceback" not in err

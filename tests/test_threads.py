@@ -73,9 +73,14 @@ def test_default_threads_is_the_affinity_share_of_each_local_process(monkeypatch
     assert threads.default_threads() == 4
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
-def test_available_cpus_follows_the_affinity_mask():
-    assert threads.available_cpus() == len(os.sched_getaffinity(0))
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_a_process_pinned_to_one_cpu_gets_one_thread():
+    cpu = min(os.sched_getaffinity(0))
+    code = (f"import os; os.sched_setaffinity(0, {{{cpu}}}); from robsal import threads; "
+            "print(threads.available_cpus(), threads.set_threads(None))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k not in (threads.THREADS_ENV, "LOCAL_WORLD_SIZE")})
+    assert out.stdout.split() == ["1", "1"]
 
 
 def test_set_threads_order_of_precedence(monkeypatch):

@@ -198,30 +198,23 @@ def test_full_disk_at_reserve_is_a_disk_full_error_and_leaves_no_temporary(tmp_p
     assert not [p for p in cache.rglob("*") if p.is_file()]  # no temporary .npy, no done.json
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_full_disk_on_a_real_small_file_system_is_one_error_not_sigbus(tmp_path):
+def test_full_disk_on_a_real_small_file_system_is_one_error_not_sigbus(tmp_path, small_fs):
     import subprocess
     import sys
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        paths = _images(tmp_path / "img", 40)  # 40 x 3 x 128^2 = 1.9 MB of cache > 1 MiB
-        code = (
-            "import sys, pandas as pd\n"
-            "from robsal.data.cache import load_arrays\n"
-            "from robsal.io import DiskFullError\n"
-            f"rows = pd.read_pickle({str(tmp_path / 'rows.pkl')!r})\n"
-            "try:\n"
-            f"    load_arrays(rows, 128, cache_dir={str(mnt)!r}, progress=False)\n"
-            "except DiskFullError as e:\n"
-            "    print('DISKFULL', e); sys.exit(2)\n"
-        )
-        _rows(paths).to_pickle(tmp_path / "rows.pkl")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and "DISKFULL" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-500:])
-        assert not [p for p in mnt.rglob("*") if p.is_file()]  # nothing half-written left on the small disk
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+    mnt = small_fs("size=1m")
+    paths = _images(tmp_path / "img", 40)  # 40 x 3 x 128^2 = 1.9 MB of cache > 1 MiB
+    code = (
+        "import sys, pandas as pd\n"
+        "from robsal.data.cache import load_arrays\n"
+        "from robsal.io import DiskFullError\n"
+        f"rows = pd.read_pickle({str(tmp_path / 'rows.pkl')!r})\n"
+        "try:\n"
+        f"    load_arrays(rows, 128, cache_dir={str(mnt)!r}, progress=False)\n"
+        "except DiskFullError as e:\n"
+        "    print('DISKFULL', e); sys.exit(2)\n"
+    )
+    _rows(paths).to_pickle(tmp_path / "rows.pkl")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "DISKFULL" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-500:])
+    assert not [p for p in mnt.rglob("*") if p.is_file()]  # nothing half-written left on the small disk

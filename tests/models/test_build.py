@@ -1,8 +1,6 @@
 import json
 import pickle
 
-import os
-
 import pytest
 import torch
 import torchvision
@@ -155,21 +153,12 @@ def test_hand_edited_model_json_is_a_one_line_checkpoint_error(tmp_path, edit):
     assert "\n" not in str(exc.value) and "model.json" in str(exc.value)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_saving_a_model_on_a_full_disk_is_a_disk_full_error_with_no_temporary(tmp_path):
-    import subprocess
-
+def test_saving_a_model_on_a_full_disk_is_a_disk_full_error_with_no_temporary(small_fs):
     from robsal.io import DiskFullError
     from robsal.models import build_model, save
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        m = build_model("resnet18", ["a", "b", "c"], image_size=32)  # 45 MB of weights > 1 MiB
-        with pytest.raises(DiskFullError, match="no space left"):
-            save(m, mnt / "m")
-        assert not [p for p in mnt.rglob("*") if p.is_file()]
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+    mnt = small_fs("size=1m")
+    m = build_model("resnet18", ["a", "b", "c"], image_size=32)  # 45 MB of weights > 1 MiB
+    with pytest.raises(DiskFullError, match="no space left"):
+        save(m, mnt / "m")
+    assert not [p for p in mnt.rglob("*") if p.is_file()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -142,23 +143,30 @@ def test_folder_mask_linking_outside_is_refused(tmp_path):
         read_folder(root)
 
 
-def test_a_run_directory_locked_by_another_process_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("ROBSAL_CACHE", str(tmp_path / "cache"))
-    run = tmp_path / "run"
-    run.mkdir()
+@contextlib.contextmanager
+def _locked_by_another_process(run, pid):
+    """Another process holds RUN/.lock (with ``pid`` written in it) while the block runs."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import fcntl, sys, time\n"
-         f"f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush()\n"
+         f"f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('{pid}'); f.flush()\n"
          "print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        rc = main(["train", "--config", "tiny", "--set", "device=cpu", "--out", str(run), "--no-progress"])
+        yield
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_directory_locked_by_another_process_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBSAL_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    with _locked_by_another_process(run, 4242):
+        rc = main(["train", "--config", "tiny", "--set", "device=cpu", "--out", str(run), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "in use by PID 4242" in err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]  # locked before writing: no config, data or splits
@@ -202,19 +210,8 @@ def test_every_command_writing_into_a_run_takes_its_lock(tmp_path, capsys, cmd):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("base: tiny\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys, time\n"
-         f"f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('4243'); f.flush()\n"
-         "print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with _locked_by_another_process(run, 4243):
         rc = main([*cmd, str(run)])
-    finally:
-        holder.kill()
-        holder.wait()
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "in use by PID 4243" in err, err
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]  # nothing written
