@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,3 +64,45 @@ def git_commit() -> str | None:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def say(msg: str) -> None:
+    """One progress line on stderr, flushed (stage and epoch lines; logs of cluster jobs need them)."""
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NumPy scalars made Python numbers and non-finite floats made ``None`` (JSON has no NaN).
+
+    Dict keys become strings, tuples lists; everything else is returned as it is.
+    """
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+@contextlib.contextmanager
+def module_mode(module: torch.nn.Module, training: bool = False) -> Iterator[torch.nn.Module]:
+    """Put ``module`` in train (``training=True``) or eval mode for the block, then restore
+    the mode every submodule had before, also when the block raises.
+
+    Submodules are restored one by one, so a model with some layers frozen in eval mode
+    (BatchNorm during fine-tuning) comes back exactly as it was.
+    """
+    before = [(m, m.training) for m in module.modules()]
+    module.train(training)
+    try:
+        yield module
+    finally:
+        for m, mode in before:
+            m.training = mode
