@@ -3,22 +3,31 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+TESTDEPS := $(VENV)/.installed-test
 
-.PHONY: demo test install clean
+.PHONY: demo test install install-test clean
 
-$(STAMP): pyproject.toml
+# `make demo` installs robsal's runtime dependencies only; `make test` adds the test and
+# reference libraries (pytest, hypothesis, torchattacks, grad-cam, quantus, selenium, ray).
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(TESTDEPS): $(RUNTIME) pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	touch $(TESTDEPS)
 
-install: $(STAMP)
+install: $(RUNTIME)
 
-demo: $(STAMP)
+install-test: $(TESTDEPS)
+
+demo: $(RUNTIME)
 	$(VENV)/bin/robsal run --config quick --out runs/quick
 
-test: $(STAMP)
+test: $(TESTDEPS)
 	$(PY) -m pytest -q
 
 clean:
