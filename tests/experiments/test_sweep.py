@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from robsal.experiments import sweep
-from robsal.experiments.sweep import run_sweep
+from robsal.experiments.sweep import LocalExecutor, run_sweep
 
 from .conftest import GRID, SWEEP_OVERRIDES
 
@@ -31,10 +31,8 @@ def killed_and_resumed(_one_thread, sweep_cfg, tmp_path_factory):
         first_run.append(cell.name)
         real(cfg, out_dir, data, cell, **kw)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep, "train_cell", killed_after_one)
-        with pytest.raises(KeyboardInterrupt):
-            run_sweep(sweep_cfg, GRID, out, progress=False, images="all")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep_cfg, GRID, out, progress=False, images="all", executor=LocalExecutor(train_one=killed_after_one))
     weights = out / "models" / first_run[0] / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
     digest = weights.read_bytes()
@@ -47,9 +45,7 @@ def killed_and_resumed(_one_thread, sweep_cfg, tmp_path_factory):
             raise RuntimeError("injected failure")
         real(cfg, out_dir, data, cell, **kw)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep, "train_cell", flaky)
-        result = run_sweep(sweep_cfg, GRID, out, progress=False, images="all")
+    result = run_sweep(sweep_cfg, GRID, out, progress=False, images="all", executor=LocalExecutor(train_one=flaky))
     return {"out": out, "first": first_run, "second": second_run, "mtime": mtime, "weights": digest,
             "result": result}
 
@@ -126,7 +122,7 @@ def test_sweep_writes_every_cell_and_the_aggregate_table(killed_and_resumed):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 0
 
 
-def test_rerun_skips_every_finished_cell_and_stage(killed_and_resumed, sweep_cfg, monkeypatch):
+def test_rerun_skips_every_finished_cell_and_stage(killed_and_resumed, sweep_cfg):
     out = killed_and_resumed["out"]
     per_image = out / "metrics" / "per_image.csv"
     before = per_image.stat().st_mtime_ns
@@ -134,8 +130,8 @@ def test_rerun_skips_every_finished_cell_and_stage(killed_and_resumed, sweep_cfg
     def must_not_train(*a, **kw):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(sweep, "train_cell", must_not_train)
-    result = run_sweep(sweep_cfg, GRID, out, progress=False, images="all", figures=False)
+    result = run_sweep(sweep_cfg, GRID, out, progress=False, images="all", figures=False,
+                       executor=LocalExecutor(train_one=must_not_train))
     assert result.failed == [] and {s.state for s in result.cells.values()} == {"done"}
     assert per_image.stat().st_mtime_ns == before  # explain and evaluate were not redone
 
@@ -154,7 +150,7 @@ def test_cli_sweep_on_a_finished_sweep_and_bad_grid(killed_and_resumed, capsys):
     assert rc == 2 and err.strip() == "robsal: error: --grid: eps values must be numbers, got '0,x'"
 
 
-def test_failed_cell_is_reported_and_the_others_go_on(killed_and_resumed, sweep_cfg, tmp_path, monkeypatch):
+def test_failed_cell_is_reported_and_the_others_go_on(killed_and_resumed, sweep_cfg, tmp_path):
     src = killed_and_resumed["out"]
     out = tmp_path / "sw"
     shutil.copytree(src, out, ignore=shutil.ignore_patterns(".lock"))
@@ -165,8 +161,8 @@ def test_failed_cell_is_reported_and_the_others_go_on(killed_and_resumed, sweep_
         attempts.append(cell.name)
         raise ValueError("cannot train this cell")
 
-    monkeypatch.setattr(sweep, "train_cell", broken)
-    result = run_sweep(sweep_cfg, GRID, out, progress=False, images="all", figures=False)
+    result = run_sweep(sweep_cfg, GRID, out, progress=False, images="all", figures=False,
+                       executor=LocalExecutor(train_one=broken))
     assert attempts == ["eps1_seed1", "eps1_seed1"]
     assert result.failed == ["eps1_seed1"]
     assert result.cells["eps1_seed1"].errors == ["ValueError: cannot train this cell"] * 2
@@ -195,17 +191,17 @@ def test_grid_parsing_and_errors():
 
 def test_a_sweep_refuses_another_config_but_accepts_a_grown_grid(sweep_cfg, tmp_path):
     from robsal.errors import ConfigError
-    from robsal.experiments.sweep import _init_sweep, make_cells, sweep_config
+    from robsal.experiments.sweep import init_sweep, make_cells, sweep_config
 
     small = sweep_config(sweep_cfg, make_cells([0.0], [0]))
-    _init_sweep(small, tmp_path)
-    _init_sweep(sweep_config(sweep_cfg, make_cells([0.0, 1.0], [0])), tmp_path)  # grown: accepted
+    init_sweep(small, tmp_path)
+    init_sweep(sweep_config(sweep_cfg, make_cells([0.0, 1.0], [0])), tmp_path)  # grown: accepted
     with pytest.raises(ConfigError, match="another config"):
-        _init_sweep(small, tmp_path)  # shrunk: its extra cell would linger
+        init_sweep(small, tmp_path)  # shrunk: its extra cell would linger
     other = sweep_config(sweep_cfg, make_cells([0.0, 1.0], [0]))
     other.train.phase2.lr = 0.5
     with pytest.raises(ConfigError, match="train.phase2.lr"):
-        _init_sweep(other, tmp_path)
+        init_sweep(other, tmp_path)
 
 
 def test_ray_sweep_gives_the_same_table(killed_and_resumed, sweep_cfg, tmp_path):
@@ -264,7 +260,7 @@ def test_ray_driver_retries_once_writes_files_and_reports(killed_and_resumed, sw
     """The Ray driver loop with a fake ``ray``: same retry-once and reporting as the local loop."""
     import sys
 
-    from robsal.experiments.sweep import CellStatus, _train_ray, cell_complete, make_cells, sweep_config
+    from robsal.experiments.sweep import CellStatus, RayExecutor, cell_complete, make_cells, sweep_config
 
     src = killed_and_resumed["out"]
     files = {n: {p.name: p.read_bytes() for p in (src / "models" / n).iterdir() if p.is_file()} for n in CELLS}
@@ -276,7 +272,8 @@ def test_ray_driver_retries_once_writes_files_and_reports(killed_and_resumed, sw
     out.mkdir()
     shutil.copy(src / "config.yaml", out / "config.yaml")
     statuses = {c.name: CellStatus(c.name, c.eps, c.seed) for c in cells}
-    _train_ray(cfg, out, None, cells, statuses, address="auto", cpus=1.0, gpus=None, retries=1, progress=False)
+    RayExecutor("auto", cpus=1.0, gpus=None, retries=1).train(cfg, out, None, cells, statuses, device=None,
+                                                              progress=False)
     assert fake.options == {"num_cpus": 1.0, "num_gpus": 0.0, "max_retries": 0}
     assert sorted(fake.submitted) == sorted(CELLS + ["eps0_seed1", "eps1_seed1"])
     assert {n: (s.state, s.attempts) for n, s in statuses.items()} == {

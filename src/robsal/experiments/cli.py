@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from robsal.cli import add_config_args, config_from_args
+from robsal.errors import ConfigError, UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,8 +101,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _parse_band(text: str) -> tuple[float, float]:
-    from robsal.errors import ConfigError
-
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -110,18 +110,36 @@ def _parse_band(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+# run_sweep's parameters (as its errors name them) -> the sweep's flags
+_SWEEP_FLAGS = {"grid": "--grid", "images": "--images", "retries": "--retries", "ray_address": "--ray-address",
+                "direction": "--optimum-direction", "band": "--band"}
+_SWEEP_KEY = re.compile(r"^({0})\b|\b({0})=".format("|".join(_SWEEP_FLAGS)))
+
+
+def sweep_flags(message: str) -> str:
+    """A library message in the sweep's flags: a leading ``grid``/``images``/... and every ``key=``."""
+    def flag(m: re.Match) -> str:
+        return _SWEEP_FLAGS[m.group(1)] if m.group(1) else _SWEEP_FLAGS[m.group(2)] + "="
+
+    return _SWEEP_KEY.sub(flag, message)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    # imported here: the sweep pulls in torch and the training stack, which `robsal --help` does not need
     from robsal.experiments.sweep import OptimumSpec, run_sweep, summary_lines
     from robsal.io import read_json
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}_sweep"
     optimum = OptimumSpec(args.optimum_metric, args.optimum_method, args.optimum_direction, _parse_band(args.band))
-    result = run_sweep(
-        cfg, args.grid, out, device=args.device, progress=not args.no_progress, images=args.images,
-        retries=args.retries, ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
-        optimum=optimum, figure_method=args.figure_method, figures=not args.no_figures,
-    )
+    try:
+        result = run_sweep(
+            cfg, args.grid, out, device=args.device, progress=not args.no_progress, images=args.images,
+            retries=args.retries, ray_address=args.ray_address, ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
+            optimum=optimum, figure_method=args.figure_method, figures=not args.no_figures,
+        )
+    except UserError as exc:
+        raise type(exc)(sweep_flags(str(exc))) from None
     if result.table is not None:
         table_json = out / "sweep" / "table.json"
         gate = read_json(table_json).get("gate") if table_json.exists() else None

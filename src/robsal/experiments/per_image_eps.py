@@ -31,8 +31,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from robsal.errors import ConfigError, DataError
+from robsal.io import atomic_open, write_json
+from robsal.saliency.figures import save_figure
 
 PAPER_BAND = (3.0, 5.0)
 PAPER_REFERENCE_SIZE = 224
@@ -59,12 +62,12 @@ def metric_direction(metric: str, direction: str | None = None) -> str:
     """``max`` or ``min`` for ``metric``: the given ``direction``, else :data:`DIRECTIONS`."""
     if direction is not None:
         if direction not in ("max", "min"):
-            raise ConfigError(f"optimum direction must be 'max' or 'min', got {direction!r}")
+            raise ConfigError(f"direction must be 'max' or 'min', got {direction!r}")
         return direction
     if metric not in DIRECTIONS:
         raise ConfigError(
-            f"no known direction for metric {metric!r}; say whether higher or lower is better "
-            "(--optimum-direction max|min)"
+            f"direction: metric {metric!r} has no known direction; say whether higher or lower is better "
+            "(direction=max or direction=min)"
         )
     return DIRECTIONS[metric]
 
@@ -81,7 +84,7 @@ def band_for(
     """
     lo, hi = float(band[0]), float(band[1])
     if lo > hi:
-        raise ConfigError(f"optimum band [{lo:g}, {hi:g}]: the lower end is above the upper end")
+        raise ConfigError(f"band [{lo:g}, {hi:g}]: the lower end is above the upper end")
     if reference_size is None:
         f = image_size / PAPER_REFERENCE_SIZE
         f = f if scaling == "side" else f**2
@@ -186,8 +189,6 @@ def optimal_eps(
 
 def write_optimum(result: OptimumResult, out_dir: str | Path, figure_stem: str | Path | None = None) -> list[Path]:
     """``out_dir/optimal_eps.csv`` (per image), ``optimal_eps.json`` (summary) and the histogram."""
-    from robsal.io import atomic_open, write_json
-
     out_dir = Path(out_dir)
     paths = [out_dir / "optimal_eps.csv", out_dir / "optimal_eps.json"]
     with atomic_open(paths[0], "w", encoding="utf-8", newline="") as fh:
@@ -200,16 +201,10 @@ def write_optimum(result: OptimumResult, out_dir: str | Path, figure_stem: str |
 
 def histogram(result: OptimumResult, stem: str | Path) -> list[Path]:
     """Bar chart: number of images per optimal eps, the band shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from robsal.saliency.figures import save_figure
-
     eps = result.eps_values
     pos = np.arange(len(eps))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(eps), 3.0))
+    fig = Figure(figsize=(1.0 + 0.7 * len(eps), 3.0))
+    ax = fig.subplots()
     inside = [result.band[0] <= e <= result.band[1] for e in eps]
     ax.bar(pos, [result.counts[e] for e in eps], color=["tab:orange" if i else "tab:blue" for i in inside])
     ax.set_xticks(pos, [f"{e:g}" for e in eps])
