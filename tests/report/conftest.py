@@ -47,7 +47,7 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
     from robsal.config import load_config
     from robsal.data import PreparedData
     from robsal.io import save_npz, write_json, write_text
-    from robsal.runs import init_run, mark_done
+    from robsal.rundir import init_run, mark_done
 
     classes = ["mel", "nv", EVIL_CLASS]
     cfg = load_config("tiny", ["device=cpu", f"data.image_size={SIZE}", "saliency.methods=[gradient, gradcam]"])

@@ -38,7 +38,7 @@ from robsal.errors import DataError, UserError
 from robsal.io import atomic_open, load_npz, read_json, write_json
 from robsal.metrics import alignment, complexity, faithfulness, gate, localisation, sanity, stability, stats
 from robsal.metrics.explainer import ExplainFn, default_explain_fn
-from robsal.runs import writes_run
+from robsal.rundir import writes_run
 from robsal.utils import resolve_device
 
 COLUMNS = ["image_id", "model", "method", "metric", "value"]

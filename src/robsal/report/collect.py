@@ -20,7 +20,7 @@ import yaml
 
 from robsal.errors import CheckpointError, DataError, UserError
 from robsal.io import load_npz
-from robsal.runs import RUN_MARKERS, is_run_dir
+from robsal.rundir import RUN_MARKERS, is_run_dir
 
 PER_IMAGE_COLUMNS = ["image_id", "model", "method", "metric", "value"]
 SALIENCY_KEYS = ("maps", "image_ids", "targets", "predictions")

@@ -32,7 +32,7 @@ from robsal.io import write_text
 from robsal.report import figures as F
 from robsal.report.assets import EMBED_LIMIT_BYTES, ImageStore, estimate_png_bytes
 from robsal.report.collect import RunContents, SaliencySet, collect
-from robsal.runs import writes_run
+from robsal.rundir import writes_run
 
 REPORT_NAME = "report.html"
 EXAMPLES_PER_CLASS = 4

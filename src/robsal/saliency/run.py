@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from robsal.config import Config, load_run_config
 from robsal.errors import CheckpointError, DataError
 from robsal.io import save_npz, write_json
-from robsal.runs import writes_run
+from robsal.rundir import writes_run
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
 from robsal.saliency.seeds import image_seeds

@@ -37,7 +37,7 @@ def _setup(args: argparse.Namespace, *, data_parallel: bool = False) -> Iterator
     from robsal.cli import config_from_args
     from robsal.data import prepare  # type: ignore[attr-defined]
     from robsal.errors import ConfigError, UserError
-    from robsal.runs import init_run
+    from robsal.rundir import init_run
     from robsal.training import distributed
     from robsal.utils import resolve_device
 
@@ -93,7 +93,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from robsal.runs import RunLock
+    from robsal.rundir import RunLock
 
     run = args.run or args.run_pos
     if run is not None and Path(run).is_dir():
