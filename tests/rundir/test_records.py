@@ -131,7 +131,7 @@ CASES = [
     ("run.json", _set(["seed"], "0"), RunInfo, ["seed must be a whole number"]),
 ]
 FIXES = {
-    ModelRecord: "re-train it with `robsal train --out {run} --models standard`",
+    ModelRecord: "re-train it with `robsal train --config {run}/config.yaml --out {run} --models standard`",
     Summary: "re-run `robsal evaluate --run {run}`",
     Selection: "re-run `robsal explain --run {run}`",
     StageLedger: "delete it to re-run every stage",
@@ -161,7 +161,7 @@ def test_files_from_an_older_version_name_the_missing_key_and_how_to_rebuild(old
         ModelRecord.trained(model)
     assert str(exc.value) == (
         f"{model} lacks the key 'metrics' (it is from an older robsal version or its training did not finish); "
-        f"re-train it with `robsal train --out {old_run} --models standard` or restore it"
+        f"re-train it with `robsal train --config {old_run}/config.yaml --out {old_run} --models standard` or restore it"
     )
     summary = old_run / "metrics" / "summary.json"
     _edit(summary, lambda d: d.pop("gate"))

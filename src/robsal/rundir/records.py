@@ -307,7 +307,8 @@ class ModelRecord(_Record):
     def fix(cls, path: Path) -> str:
         run = _run_of(path, 2)
         if run is not None and path.parent.parent.name == "models":
-            return f"re-train it with `robsal train --out {run} --models {path.parent.name}` or restore it"
+            cmd = f"robsal train --config {run / 'config.yaml'} --out {run} --models {path.parent.name}"
+            return f"re-train it with `{cmd}` or restore it"
         return "re-train or restore it"
 
     @classmethod
