@@ -1,6 +1,7 @@
 """The run directory (DESIGN.md: the run-directory contract).
 
-- :mod:`~robsal.rundir.records`: typed records of its JSON files, one ``load``/``save`` each.
+- :mod:`~robsal.rundir.records`: typed records of its JSON files, one ``load``/``save`` each
+  (:mod:`~robsal.rundir.schema`: their field checks and base class).
 - :mod:`~robsal.rundir.fingerprint`: the one fingerprint over the declared ``SECTIONS`` table
   and the one completeness check of a trained model.
 - :mod:`~robsal.rundir.layout`: creating a run (``init_run``), what makes a folder a run.
