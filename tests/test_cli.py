@@ -6,7 +6,7 @@ import pytest
 
 from robsal.cli import main
 from robsal.errors import ConfigError
-from robsal.runs import RunLock
+from robsal.rundir import RunLock
 
 
 def test_help_lists_the_main_job(capsys):

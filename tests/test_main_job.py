@@ -7,7 +7,7 @@ import pandas as pd
 
 from robsal.cli import main
 from robsal.io import load_npz
-from robsal.runs import read_stages
+from robsal.rundir import read_stages
 
 
 def test_tiny_run_writes_the_contract(tiny_run):

@@ -115,7 +115,7 @@ def test_bad_threads_flag_and_config_are_refused(tmp_path, capsys):
 
 
 def test_threads_does_not_change_what_a_run_was_made_with(tmp_path):
-    from robsal.runs import init_run
+    from robsal.rundir import init_run
 
     init_run(load_config("tiny"), tmp_path)
     init_run(load_config("tiny", ["threads=1"]), tmp_path)  # speed, not results: accepted

@@ -11,7 +11,7 @@ from robsal.data import Augmenter, PreparedData, load_run_data, prepare
 from robsal.data.prepared import SPLITS_COLUMNS
 from robsal.data.splits import read_splits
 from robsal.errors import DataError
-from robsal.runs import init_run
+from robsal.rundir import init_run
 
 
 @pytest.fixture

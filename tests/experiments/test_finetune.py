@@ -32,7 +32,7 @@ def run_dir(_one_thread, sweep_cfg, tmp_path_factory):
     """A run with an (untrained) standard and "robust" model: fine-tuning only needs weights."""
     from robsal.data import prepare
     from robsal.models import build_model, save
-    from robsal.runs import init_run
+    from robsal.rundir import init_run
     from robsal.training import evaluate_model
     from robsal.utils import seed_everything
 

@@ -17,7 +17,7 @@ from robsal.data import PreparedData
 from robsal.io import save_npz
 from robsal.metrics.explainer import compute_maps
 from robsal.models import build_model, save
-from robsal.runs import init_run
+from robsal.rundir import init_run
 
 SIZE = 24
 CLASSES = ["mel", "nv", "bkl"]

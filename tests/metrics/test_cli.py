@@ -11,7 +11,7 @@ from robsal.cli import main
 from robsal.config import load_config
 from robsal.data import prepare
 from robsal.models import build_model, save
-from robsal.runs import init_run
+from robsal.rundir import init_run
 from robsal.saliency import explain_run
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from robsal.config import load_config
 from robsal.errors import ConfigError, DataError
-from robsal.runs import has_results, init_run, mark_done
+from robsal.rundir import has_results, init_run, mark_done
 
 
 def _folder_dataset(root, n_per_class=22):

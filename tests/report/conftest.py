@@ -47,7 +47,7 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
     from robsal.config import load_config
     from robsal.data import PreparedData
     from robsal.io import save_npz, write_json, write_text
-    from robsal.runs import init_run, mark_done
+    from robsal.rundir import init_run, mark_done
 
     classes = ["mel", "nv", EVIL_CLASS]
     cfg = load_config("tiny", ["device=cpu", f"data.image_size={SIZE}", "saliency.methods=[gradient, gradcam]"])
@@ -130,6 +130,14 @@ def make_fake_run(root: Path, parts: tuple[str, ...] = ("models", "saliency", "m
         write_json(run_dir / "metrics" / "summary.json", {
             "run": str(run_dir), "standard": "standard", "n_images": len(test_ids),
             "models": {name: {"eps": eps, "seed": 0, "clean_accuracy": 0.75} for name, eps in MODELS},
+            "comparable": True,
+            "gate": {"comparable": True, "models": [name for name, _ in MODELS], "reasons": [], "min_recall": 0.5,
+                     "min_explained_per_class": 1,
+                     "recall": {name: {c: v for c, v in zip(classes, [1.0, 0.5, 0.5])} for name, _ in MODELS},
+                     "balanced_accuracy": {name: 0.7 - 0.1 * mi for mi, (name, _) in enumerate(MODELS)},
+                     "explained": {c: 2 for c in classes},
+                     "rule": "every compared model recalls every class at >= 0.50 on the test split, "
+                             "and every class has >= 1 explained images", "pairs": []},
             "verdicts": [{"claim": "on_lesion", "robust": "robust_eps4", "standard": "standard", "method": "gradient",
                           "verdict": "supported",
                           "line": f"robust maps sit on the lesion (class {EVIL_CLASS}): supported"}],

@@ -14,7 +14,7 @@ from robsal.data import PreparedData
 from robsal.errors import CheckpointError, ConfigError, DataError
 from robsal.io import load_npz, read_json
 from robsal.models import build_model, save
-from robsal.runs import init_run
+from robsal.rundir import init_run
 from robsal.saliency import explain, explain_run, reduce_channels
 
 METHODS = ["gradient", "integrated_gradients_uniform", "gradcam"]

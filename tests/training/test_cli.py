@@ -34,7 +34,7 @@ def test_train_then_evaluate_robustness_on_tiny(tmp_path, capsys):
 def test_evaluate_robustness_without_models_is_a_one_line_error(tmp_path, capsys):
     run = tmp_path / "run"
     from robsal.config import load_config
-    from robsal.runs import init_run
+    from robsal.rundir import init_run
 
     init_run(load_config("tiny", ["device=cpu"]), run)
     assert main(["evaluate-robustness", str(run), "--models", "standard"]) == 2

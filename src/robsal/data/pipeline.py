@@ -17,8 +17,6 @@ Splits: ``RUN/splits.csv`` when it exists, else ``data.splits``, else new ones
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from robsal.data.index import INDEX_COLUMNS, DatasetIndex, Problems, check_root,
 from robsal.data.prepared import PreparedData
 from robsal.data.splits import check_splits, make_splits, read_splits, write_splits
 from robsal.errors import DataError
+from robsal.rundir import fingerprint
 
 SPLITS_FILE = "splits.csv"
 
@@ -65,7 +64,7 @@ def synthetic_root(cfg: Config, run_dir: str | Path | None, progress: bool = Tru
     if run_dir is not None:
         root = Path(run_dir) / "data"
     else:
-        h = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+        h = fingerprint(cfg, "data_cache", **wanted)
         root = default_cache_dir(cfg.data.cache_dir) / "synthetic" / h
     have = synthetic.read_settings(root)
     if have is not None and {k: have.get(k) for k in wanted} == wanted:

@@ -9,26 +9,14 @@ them one by one (``robsal train``, ``robsal explain``, ``robsal evaluate``, ``ro
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from robsal.config import Config
-from robsal.io import read_json
 from robsal.errors import ConfigError
-from robsal.runs import RunLock, fingerprint, init_run, is_done, mark_done
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    title: str
-    sections: tuple[str, ...]  # config sections whose change invalidates the stage
-    run: Callable[[Config, Path, dict[str, Any]], Any]
-    enabled: Callable[[Config], bool] = lambda cfg: True
+from robsal.rundir import ModelRecord, RunLock, Stage, Summary, init_run, run_stages
+from robsal.utils import say
 
 
 def _stage_data(cfg: Config, run_dir: Path, state: dict[str, Any]) -> None:
@@ -75,20 +63,16 @@ def _stage_report(cfg: Config, run_dir: Path, state: dict[str, Any]) -> None:
     state["report"] = build_report(run_dir)
 
 
+# The main job, in order. A stage's fingerprint is its entry of robsal.rundir.SECTIONS
+# (its own config sections and those of every earlier stage).
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "prepare data and splits", ("data",), _stage_data),
-    Stage("tune", "5-fold CV hyper-parameter search", ("data", "model", "train", "tune"), _stage_tune,
-          enabled=lambda cfg: cfg.tune.enabled),
-    Stage("train", "train standard and robust models",
-          ("data", "augment", "model", "train", "adversary", "models", "tune", "robustness"), _stage_train),
-    Stage("explain", "saliency maps", ("saliency",), _stage_explain),
-    Stage("evaluate", "metrics and statistics", ("saliency", "metrics"), _stage_evaluate),
-    Stage("report", "figures and HTML report", (), _stage_report),
+    Stage("data", "prepare data and splits", _stage_data),
+    Stage("tune", "5-fold CV hyper-parameter search", _stage_tune, enabled=lambda cfg: cfg.tune.enabled),
+    Stage("train", "train standard and robust models", _stage_train),
+    Stage("explain", "saliency maps", _stage_explain),
+    Stage("evaluate", "metrics and statistics", _stage_evaluate),
+    Stage("report", "figures and HTML report", _stage_report),
 )
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def run_pipeline(
@@ -122,28 +106,13 @@ def run_pipeline(
             "progress": progress,
             "data": None,
         }
-        stages = [s for s in STAGES if s.enabled(cfg)]
-        redo = False
         t_all = time.perf_counter()
-        for k, stage in enumerate(stages, 1):
-            # Each stage's fingerprint covers its own sections and those of every earlier stage.
-            sections = sorted({sec for s in stages[:k] for sec in s.sections})
-            fp = fingerprint(cfg, *sections)
-            if not redo and stage.name not in force and is_done(run_dir, stage.name, fp):
-                _say(f"[{k}/{len(stages)}] {stage.title}: done earlier, skipped")
-                continue
-            redo = True
-            _say(f"[{k}/{len(stages)}] {stage.title} ...")
-            t0 = time.perf_counter()
-            stage.run(cfg, run_dir, state)
-            dt = time.perf_counter() - t0
-            mark_done(run_dir, stage.name, seconds=round(dt, 2), fp=fp)
-            _say(f"[{k}/{len(stages)}] {stage.title}: done in {dt:.1f} s")
-        _say(f"finished in {time.perf_counter() - t_all:.1f} s")
+        run_stages(cfg, run_dir, STAGES, state, force=force)
+        say(f"finished in {time.perf_counter() - t_all:.1f} s")
     report = run_dir / "report.html"
     for line in summary_lines(run_dir):
-        _say(line)
-    _say(f"report: {report}")
+        say(line)
+    say(f"report: {report}")
     return report
 
 
@@ -154,33 +123,26 @@ def summary_lines(run_dir: str | Path) -> list[str]:
     lines = []
     accs = []
     for meta_path in sorted((run_dir / "models").glob("*/model.json")):
-        m = read_json(meta_path).get("metrics", {})
-        clean = m.get("clean_accuracy")
-        rob = m.get("robust_accuracy", {})
-        r = ""
-        if rob:
-            eps, acc = max(rob.items(), key=lambda kv: float(kv[0]))
-            r = f", robust@{eps} {acc:.1%}"
-        if clean is not None:
-            accs.append(f"{meta_path.parent.name} {clean:.1%}{r}")
+        m = ModelRecord.trained(meta_path).metrics
+        strongest = m.strongest_robust()
+        r = f", robust@{strongest[0]} {strongest[1]:.1%}" if strongest else ""
+        if m.clean_accuracy is not None:
+            accs.append(f"{meta_path.parent.name} {m.clean_accuracy:.1%}{r}")
     if accs:
         lines.append("accuracy: " + "; ".join(accs))
-    summary = run_dir / "metrics" / "summary.json"
-    if summary.exists():
-        doc = read_json(summary)
-        gate = doc.get("gate") if isinstance(doc.get("gate"), dict) else {}
-        recall = gate.get("recall") if isinstance(gate.get("recall"), dict) else {}
-        if recall:  # per-class test recall of every model: the competence behind the verdicts
+    path = run_dir / "metrics" / "summary.json"
+    if path.exists():
+        summary = Summary.load(path)
+        gate = summary.gate
+        if gate.recall:  # per-class test recall of every model: the competence behind the verdicts
             lines.append("recall: " + "; ".join(
-                f"{m} " + " ".join(f"{c} {v:.2f}" if isinstance(v, (int, float)) else f"{c} ?" for c, v in r.items())
-                for m, r in recall.items() if isinstance(r, dict)))
-        if doc.get("comparable") is False:
-            lines.append(f"not comparable: {'; '.join(gate.get('reasons') or [])}")
-        verdicts = [v for v in doc.get("verdicts", []) if isinstance(v, dict)]
+                f"{m} " + " ".join(f"{c} {v:.2f}" if v is not None else f"{c} ?" for c, v in r.items())
+                for m, r in gate.recall.items()))
+        if summary.comparable is False:
+            lines.append(f"not comparable: {'; '.join(gate.reasons or [])}")
         # Headline: the paper's two main claims for its main method (Gradient), first robust model.
         for claim in ("sharper", "on_lesion"):
-            hits = [v for v in verdicts if v.get("claim") == claim and v.get("method") == "gradient"]
-            hits = hits or [v for v in verdicts if v.get("claim") == claim]
-            if hits and hits[0].get("line"):
-                lines.append(hits[0]["line"])
+            hit = summary.headline(claim, "gradient")
+            if hit is not None and hit.line:
+                lines.append(hit.line)
     return lines[:5]

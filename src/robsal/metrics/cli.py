@@ -19,16 +19,16 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from robsal.metrics.run import evaluate_run
+    from robsal.rundir import Summary
 
     out = evaluate_run(Path(args.run), device=args.device, progress=not args.no_progress)
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    print(f"wrote {out}/per_image.csv, summary.csv, summary.json ({summary['seconds']} s)")
-    for v in summary["verdicts"]:
-        print(v["line"])
-    for note in summary["notes"]:
+    summary = Summary.load(out / "summary.json")
+    print(f"wrote {out}/per_image.csv, summary.csv, summary.json ({summary.seconds} s)")
+    for v in summary.verdicts:
+        print(v.line)
+    for note in summary.notes or []:
         print(f"note: {note}")
     return 0

@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 
 from robsal.config import Config, load_run_config
 from robsal.errors import DataError, UserError
-from robsal.io import atomic_open, load_npz, read_json, write_json
+from robsal.io import atomic_open, load_npz, write_json
 from robsal.metrics import alignment, complexity, faithfulness, gate, localisation, sanity, stability, stats
 from robsal.metrics.explainer import ExplainFn, default_explain_fn
-from robsal.runs import writes_run
+from robsal.rundir import ModelMetrics, ModelRecord, writes_run
 from robsal.utils import resolve_device
 
 COLUMNS = ["image_id", "model", "method", "metric", "value"]
@@ -111,14 +111,16 @@ def model_info(run_dir: Path, cfg: Config, name: str) -> dict[str, Any]:
     """eps (paper units), seed and accuracies of a model, from model.json (else the config)."""
     path = run_dir / "models" / name / "model.json"
     if path.exists():
-        meta = read_json(path)
-        m = meta.get("metrics", {}) or {}
+        rec = ModelRecord.load(path)
+        m = rec.metrics or ModelMetrics()
+        eps = rec.eps if rec.eps is not None else (
+            cfg.model_spec(name).eps if name in [s.name for s in cfg.models] else 0.0)
         return {
-            "eps": float(meta.get("eps", cfg.model_spec(name).eps if name in [s.name for s in cfg.models] else 0.0)),
-            "seed": meta.get("seed"),
-            "clean_accuracy": m.get("clean_accuracy"),
-            "balanced_accuracy": m.get("balanced_accuracy"),
-            "per_class_accuracy": m.get("per_class_accuracy"),  # class -> recall on the test split
+            "eps": float(eps),
+            "seed": rec.seed,
+            "clean_accuracy": m.clean_accuracy,
+            "balanced_accuracy": m.balanced_accuracy,
+            "per_class_accuracy": m.per_class_accuracy,  # class -> recall on the test split
             "has_weights": (run_dir / "models" / name / "model.safetensors").exists(),
         }
     spec = cfg.model_spec(name)  # ConfigError naming the model if the config lacks it

@@ -12,8 +12,6 @@ config, commit, metrics). Loading never unpickles anything.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,7 +23,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from robsal.errors import CheckpointError, ConfigError
-from robsal.io import atomic_path, save_safetensors, write_json
+from robsal.io import atomic_path, save_safetensors
+from robsal.rundir.records import ModelRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -233,43 +232,8 @@ def save(model: RobsalClassifier, model_dir: str | Path, **extra: Any) -> Path:
     meta = dict(model.meta)
     meta.update(extra)
     model.meta = meta
-    write_json(model_dir / "model.json", meta)
+    ModelRecord.from_dict(meta, model_dir / "model.json").save(model_dir / "model.json")
     return model_dir
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_model_meta(meta: Any, path: str | Path) -> None:
-    """The fields of a model.json that loading relies on have their types; else one-line CheckpointError."""
-
-    def bad(key: str, want: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {key} must be {want} (the file was edited or damaged); re-train or restore it")
-
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not a {type(meta).__name__}; re-train or restore it")
-    for key in ("arch", "classes"):
-        if key not in meta:
-            raise CheckpointError(f"{path} lacks the key {key!r}")
-    if not isinstance(meta["arch"], str) or not meta["arch"]:
-        raise bad("arch", "a torchvision model name")
-    classes = meta["classes"]
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) \
-            or len(set(classes)) != len(classes):
-        raise bad("classes", "a list of at least two distinct class names")
-    for key in ("mean", "std"):
-        if key in meta and not (isinstance(meta[key], list) and len(meta[key]) == 3 and all(map(_is_number, meta[key]))
-                                and (key == "mean" or all(v > 0 for v in meta[key]))):
-            raise bad(key, "a list of 3 numbers" + (" > 0" if key == "std" else ""))
-    if "image_size" in meta and not (isinstance(meta["image_size"], int) and not isinstance(meta["image_size"], bool)
-                                     and 1 <= meta["image_size"] <= 8192):
-        raise bad("image_size", "a whole number of pixels")
-    for key in ("eps", "eps_l2"):
-        if key in meta and meta[key] is not None and not (_is_number(meta[key]) and meta[key] >= 0):
-            raise bad(key, "a number >= 0")
-    if "metrics" in meta and not isinstance(meta["metrics"], dict):
-        raise bad("metrics", "an object")
 
 
 def load(model_dir: str | Path, device: str | torch.device = "cpu") -> RobsalClassifier:
@@ -283,17 +247,14 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu") -> RobsalCla
         raise CheckpointError(
             f"{model_dir} is not a robsal model directory (needs model.json and model.safetensors)"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({getattr(exc, 'msg', exc)}); re-train or restore it") from None
-    check_model_meta(meta, meta_path)
+    rec = ModelRecord.load(meta_path)  # one-line CheckpointError when damaged or hand-edited
+    meta = rec.to_dict()
     model = build_model(
-        meta["arch"],
-        meta["classes"],
-        mean=meta.get("mean", IMAGENET_MEAN),
-        std=meta.get("std", IMAGENET_STD),
-        image_size=meta.get("image_size", 224),
+        rec.arch,
+        rec.classes,
+        mean=rec.mean if rec.mean is not None else IMAGENET_MEAN,
+        std=rec.std if rec.std is not None else IMAGENET_STD,
+        image_size=rec.image_size if rec.image_size is not None else 224,
         meta=meta,
     )
     try:

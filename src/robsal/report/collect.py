@@ -3,8 +3,9 @@
 A partial run is normal (training done, saliency not yet): an absent part is
 recorded as a plain sentence in :attr:`RunContents.missing` and the report says
 so. A part that is present but unreadable (truncated JSON, a CSV without the
-contract's columns) is an error: :class:`~robsal.errors.UserError` naming the file
-and the fix, never silently skipped.
+contract's columns, a JSON record of an older robsal) is an error:
+:class:`~robsal.errors.UserError` naming the file and the fix, never silently skipped.
+The JSON files are read as the records of :mod:`robsal.rundir.records`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from robsal.errors import CheckpointError, DataError, UserError
 from robsal.io import load_npz
-from robsal.runs import RUN_MARKERS, is_run_dir
+from robsal.rundir import RUN_MARKERS, ModelRecord, RunInfo, Selection, StageLedger, Summary, is_run_dir
 
 PER_IMAGE_COLUMNS = ["image_id", "model", "method", "metric", "value"]
 SALIENCY_KEYS = ("maps", "image_ids", "targets", "predictions")
@@ -28,10 +29,10 @@ SALIENCY_KEYS = ("maps", "image_ids", "targets", "predictions")
 
 @dataclass
 class ModelInfo:
-    """One trained model: ``models/<name>/model.json`` (``meta``) and ``history.jsonl`` rows."""
+    """One trained model: ``models/<name>/model.json`` (``record``; None while it trains) and ``history.jsonl`` rows."""
 
     name: str
-    meta: dict[str, Any] | None
+    record: ModelRecord | None
     history: list[dict[str, Any]]
 
 
@@ -56,15 +57,15 @@ class RunContents:
     run_dir: Path
     config_text: str | None = None
     config: dict[str, Any] | None = None
-    run_meta: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, Any] = field(default_factory=dict)
+    run_info: RunInfo = field(default_factory=RunInfo)
+    stages: StageLedger = field(default_factory=StageLedger)
     splits: pd.DataFrame | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
     saliency: dict[str, dict[str, SaliencySet]] = field(default_factory=dict)  # model -> method -> set
-    selection: dict[str, Any] | None = None  # saliency/selection.json: how the explained images were chosen
+    selection: Selection | None = None  # saliency/selection.json: how the explained images were chosen
     per_image: pd.DataFrame | None = None
     summary_csv: pd.DataFrame | None = None
-    summary_json: Any = None
+    summary: Summary | None = None  # metrics/summary.json
     figures: list[Path] = field(default_factory=list)
     data: Any = None  # robsal.data.PreparedData or None
     missing: list[str] = field(default_factory=list)
@@ -78,8 +79,8 @@ class RunContents:
         if self.data is not None:
             return list(self.data.classes)
         for info in self.models.values():
-            if info.meta and isinstance(info.meta.get("classes"), list):
-                return [str(c) for c in info.meta["classes"]]
+            if info.record is not None:
+                return list(info.record.classes)
         return []
 
     @property
@@ -94,13 +95,6 @@ class RunContents:
         if self.config and isinstance(self.config.get("saliency"), dict):
             order = [str(m) for m in self.config["saliency"].get("methods") or []]
         return [m for m in order if m in found] + [m for m in found if m not in order]
-
-
-def _read_json_file(path: Path, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
@@ -171,11 +165,9 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
         run.missing.append("config.yaml is missing: the exact config of this run is unknown.")
 
     if (run_dir / "run.json").exists():
-        meta = _read_json_file(run_dir / "run.json", "it is rewritten by `robsal run`")
-        run.run_meta = meta if isinstance(meta, dict) else {}
+        run.run_info = RunInfo.load(run_dir / "run.json")
     if (run_dir / "stages.json").exists():
-        stages = _read_json_file(run_dir / "stages.json", "delete it to re-run every stage")
-        run.stages = stages if isinstance(stages, dict) else {}
+        run.stages = StageLedger.load(run_dir / "stages.json")
 
     splits_path = run_dir / "splits.csv"
     if splits_path.exists():
@@ -190,15 +182,13 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     names = [p.name for p in models_dir.iterdir() if p.is_dir()] if models_dir.is_dir() else []
     for name in _model_order(run, names):
         mdir = models_dir / name
-        meta = None
+        record = None
         if (mdir / "model.json").exists():
-            meta = _read_json_file(mdir / "model.json", f"re-run `robsal train` for model {name}")
-            if not isinstance(meta, dict):
-                raise CheckpointError(f"{mdir / 'model.json'} is not a JSON object; re-run `robsal train`")
+            record = ModelRecord.trained(mdir / "model.json")
         else:
             run.missing.append(f"models/{name}/model.json is missing: model {name} has not finished training.")
         history = _read_history(mdir / "history.jsonl") if (mdir / "history.jsonl").exists() else []
-        run.models[name] = ModelInfo(name=name, meta=meta, history=history)
+        run.models[name] = ModelInfo(name=name, record=record, history=history)
     if not run.models:
         run.missing.append("models/ is empty or missing: no model has been trained yet.")
 
@@ -214,7 +204,7 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     if not run.saliency:
         run.missing.append("saliency/ holds no maps: the saliency stage has not run.")
     elif (sal_dir / "selection.json").exists():
-        run.selection = _read_json_file(sal_dir / "selection.json", "re-run `robsal explain` to rewrite it")
+        run.selection = Selection.load(sal_dir / "selection.json")
 
     metrics_dir = run_dir / "metrics"
     fix = "re-run `robsal evaluate` to rewrite it"
@@ -226,8 +216,8 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     if (metrics_dir / "summary.csv").exists():
         run.summary_csv = _read_csv(metrics_dir / "summary.csv", [], fix)
     if (metrics_dir / "summary.json").exists():
-        run.summary_json = _read_json_file(metrics_dir / "summary.json", fix)
-    if run.summary_csv is None and run.summary_json is None:
+        run.summary = Summary.load(metrics_dir / "summary.json")
+    if run.summary_csv is None and run.summary is None:
         run.missing.append("metrics/summary.csv and summary.json are missing: no statistics yet.")
 
     fig_dir = run_dir / "figures"

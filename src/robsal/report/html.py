@@ -32,7 +32,8 @@ from robsal.io import write_text
 from robsal.report import figures as F
 from robsal.report.assets import EMBED_LIMIT_BYTES, ImageStore, estimate_png_bytes
 from robsal.report.collect import RunContents, SaliencySet, collect
-from robsal.runs import writes_run
+from robsal.rundir import Gate, ModelMetrics, ModelRecord, Selection, Summary
+from robsal.rundir import writes_run
 
 REPORT_NAME = "report.html"
 EXAMPLES_PER_CLASS = 4
@@ -108,8 +109,8 @@ def _missing_box(items: Sequence[str]) -> str:
 def _model_label(run: RunContents, name: str) -> str:
     info = run.models.get(name)
     eps = None
-    if info and info.meta and info.meta.get("eps") is not None:
-        eps = info.meta.get("eps")
+    if info and info.record and info.record.eps is not None:
+        eps = info.record.eps
     elif run.config and isinstance(run.config.get("models"), list):
         for m in run.config["models"]:
             if isinstance(m, dict) and str(m.get("name")) == name:
@@ -182,74 +183,71 @@ def _headline(run: RunContents) -> str:
     """Three kinds of line a reader wants first: accuracies, verdicts, what is missing."""
     items = []
     for name, info in run.models.items():
-        mt = (info.meta or {}).get("metrics") or {}
-        robust = mt.get("robust_accuracy") or {}
-        rob = ", ".join(f"eps={k}: {_pct(v)}" for k, v in robust.items())
-        recall = _recall_text(run, mt.get("per_class_accuracy"))
+        mt = _metrics(info.record)
+        rob = ", ".join(f"eps={k}: {_pct(v)}" for k, v in (mt.robust_accuracy or {}).items())
+        recall = _recall_text(run, mt.per_class_accuracy)
         items.append(
-            f"<li><strong>{e(_model_label(run, name))}</strong>{e(_radius_text(info.meta or {}))}: "
-            f"clean accuracy {_pct(mt.get('clean_accuracy'))}, "
-            f"balanced {_pct(mt.get('balanced_accuracy'))}{'; robust ' + rob if rob else ''}"
+            f"<li><strong>{e(_model_label(run, name))}</strong>{e(_radius_text(info.record))}: "
+            f"clean accuracy {_pct(mt.clean_accuracy)}, "
+            f"balanced {_pct(mt.balanced_accuracy)}{'; robust ' + rob if rob else ''}"
             f"{'; recall ' + e(recall) if recall else ''}</li>"
         )
     gate = _gate(run)
-    if gate is not None and gate.get("comparable") is False:
-        reasons = gate.get("reasons") or []
+    if gate is not None and not gate.comparable:
         items.append(
-            f'<li class="verdict-na"><strong>Not comparable</strong> ({e(gate.get("rule", "competence gate"))}): '
-            f"{e('; '.join(str(r) for r in reasons))}. The verdicts below are withheld; the paired differences "
+            f'<li class="verdict-na"><strong>Not comparable</strong> ({e(gate.rule or "competence gate")}): '
+            f"{e('; '.join(gate.reasons or []))}. The verdicts below are withheld; the paired differences "
             "are descriptions only.</li>"
         )
-    elif gate is not None and gate.get("comparable") is True:
-        items.append(f'<li class="note">Competence gate passed: {e(gate.get("rule", ""))}.</li>')
-    verdicts = run.summary_json.get("verdicts") if isinstance(run.summary_json, dict) else None
-    if isinstance(verdicts, list):
-        for v in verdicts:
-            if isinstance(v, dict) and (v.get("method") in (None, "gradient") or len(verdicts) <= 6):
-                text = v.get("line") or f"{v.get('claim')}: {v.get('verdict')}"
-                items.append(f'<li class="{_verdict_class(str(v.get("verdict", "")))}">{e(text)}</li>')
+    elif gate is not None:
+        items.append(f'<li class="note">Competence gate passed: {e(gate.rule or "")}.</li>')
+    verdicts = run.summary.verdicts if run.summary is not None else []
+    for v in verdicts:
+        if v.method in (None, "gradient") or len(verdicts) <= 6:
+            items.append(f'<li class="{_verdict_class(v.verdict or "")}">{e(v.text)}</li>')
     if not items:
         return ""
     return f"<h3>At a glance</h3><ul>{''.join(items)}</ul>"
 
 
-def _radius_text(meta: dict[str, Any]) -> str:
+def _metrics(record: ModelRecord | None) -> ModelMetrics:
+    """The model's metrics (empty while it has no model.json)."""
+    return record.metrics if record is not None and record.metrics is not None else ModelMetrics()
+
+
+def _radius_text(record: ModelRecord | None) -> str:
     """', trained against an L2 radius of 0.33 at 64 px (pixels rule)' for an adversarially trained model, else ''."""
-    eps, radius, rule = meta.get("eps"), meta.get("eps_l2"), meta.get("eps_scaling")
-    if not isinstance(eps, (int, float)) or eps <= 0 or not isinstance(radius, (int, float)):
+    if record is None or record.eps is None or record.eps <= 0 or record.eps_l2 is None:
         return ""
-    size = rule.get("image_size") if isinstance(rule, dict) else None
-    name = rule.get("rule") if isinstance(rule, dict) else None
+    radius, rule = record.eps_l2, record.eps_scaling or {}
+    size, name = rule.get("image_size"), rule.get("rule")
     where = f" at {size} px" if size else ""
     how = f" ({name} rule)" if name else ""
     return f", trained against an L2 radius of {radius:.2f}{where}{how}"
 
 
-def _gate(run: RunContents) -> dict[str, Any] | None:
+def _gate(run: RunContents) -> Gate | None:
     """The competence gate recorded in metrics/summary.json (robsal.metrics.gate), if any."""
-    g = run.summary_json.get("gate") if isinstance(run.summary_json, dict) else None
-    return g if isinstance(g, dict) else None
+    return run.summary.gate if run.summary is not None else None
 
 
-def _recall_text(run: RunContents, per_class: Any) -> str:
+def _recall_text(run: RunContents, per_class: dict[str, float | None] | None) -> str:
     """'mel 0.62, nv 0.80, bkl 0.75' from a model.json per_class_accuracy (class -> recall)."""
-    if not isinstance(per_class, dict):
+    if per_class is None:
         return ""
     names = [c for c in run.classes if c in per_class] + [c for c in per_class if c not in run.classes]
-    return ", ".join(
-        f"{c} {per_class[c]:.2f}" if isinstance(per_class[c], (int, float)) else f"{c} n/a" for c in names
-    )
+    return ", ".join(f"{c} {per_class[c]:.2f}" if per_class[c] is not None else f"{c} n/a" for c in names)
 
 
-def _gate_html_from(gate: dict[str, Any]) -> str:
+def _gate_html_from(gate: Gate) -> str:
     """Per-class recall of every model and explained images per class, next to the verdicts."""
-    recall = gate.get("recall") if isinstance(gate.get("recall"), dict) else {}
-    explained = gate.get("explained") if isinstance(gate.get("explained"), dict) else {}
+    recall = gate.recall or {}
+    explained = gate.explained or {}
     classes: list[str] = []  # in the order the gate recorded them (the run's class order)
-    for r in list(recall.values()) + [explained]:
-        classes += [c for c in (r if isinstance(r, dict) else {}) if c not in classes]
-    thr = gate.get("min_recall")
-    k_min = gate.get("min_explained_per_class")
+    for r in [*recall.values(), explained]:
+        classes += [c for c in r if c not in classes]
+    thr = gate.min_recall
+    k_min = gate.min_explained_per_class
 
     def cell(v: Any, low: bool) -> str:
         text = _fmt(v, 2)
@@ -257,18 +255,16 @@ def _gate_html_from(gate: dict[str, Any]) -> str:
 
     rows = []
     for name, rec in recall.items():
-        rec = rec if isinstance(rec, dict) else {}
         rows.append([e(name)] + [
-            cell(rec.get(c), not isinstance(rec.get(c), (int, float)) or (isinstance(thr, (int, float)) and rec[c] < thr))
-            for c in classes
-        ] + [_fmt((gate.get("balanced_accuracy") or {}).get(name), 3)])
+            cell(rec.get(c), rec.get(c) is None or (thr is not None and rec[c] < thr)) for c in classes
+        ] + [_fmt((gate.balanced_accuracy or {}).get(name), 3)])
     if explained:
         rows.append(["<em>explained images</em>"] + [
-            cell(explained.get(c), isinstance(k_min, int) and int(explained.get(c, 0)) < k_min) for c in classes
+            cell(explained.get(c), k_min is not None and explained.get(c, 0) < k_min) for c in classes
         ] + [""])
-    status = ('<strong class="verdict-supported">comparable</strong>' if gate.get("comparable")
+    status = ('<strong class="verdict-supported">comparable</strong>' if gate.comparable
               else '<strong class="verdict-na">not comparable</strong>')
-    head = (f"<h3>Competence gate</h3><p class=\"note\">{status}: {e(gate.get('rule', ''))}. Test-split recall "
+    head = (f"<h3>Competence gate</h3><p class=\"note\">{status}: {e(gate.rule or '')}. Test-split recall "
             "per class (highlighted: below the threshold).</p>")
     return head + _table(["model"] + [f"recall {e(c)}" for c in classes] + ["balanced accuracy"], rows)
 
@@ -278,9 +274,8 @@ def _section_status(run: RunContents) -> str:
     parts = ['<section id="status"><h2>Run status</h2>', _headline(run), _gate_html_from(gate) if gate else ""]
     if run.stages:
         rows = []
-        for stage, rec in run.stages.items():
-            rec = rec if isinstance(rec, dict) else {}
-            rows.append([e(stage), e(rec.get("finished", "")), _fmt(rec.get("seconds"), 1)])
+        for stage, rec in run.stages.stages.items():
+            rows.append([e(stage), e(rec.finished or ""), _fmt(rec.seconds, 1)])
         parts.append(_table(["stage", "finished", "seconds"], rows, text_cols=(0, 1)))
     else:
         parts.append('<p class="note">stages.json is absent: no stage has recorded completion.</p>')
@@ -351,8 +346,9 @@ def _section_dataset(run: RunContents, store: ImageStore) -> str:
 
 
 def _section_config(run: RunContents) -> str:
-    meta = run.run_meta
-    bits = [f"{k}: {meta[k]}" for k in ("config_name", "seed", "commit", "created") if meta.get(k) is not None]
+    info = run.run_info
+    bits = [f"{k}: {v}" for k, v in (("config_name", info.config_name), ("seed", info.seed), ("commit", info.commit),
+                                      ("created", info.created)) if v is not None]
     head = f'<p class="note">{e("; ".join(bits))}</p>' if bits else ""
     body = (
         f"<details><summary>RUN/config.yaml (click to show)</summary><pre>{e(run.config_text)}</pre></details>"
@@ -375,10 +371,10 @@ def _section_training(run: RunContents, store: ImageStore) -> str:
     else:
         parts.append('<p class="note">No history.jsonl with numbers: training curves are not available.</p>')
 
-    metrics = {n: (m.meta or {}).get("metrics") or {} for n, m in run.models.items()}
+    metrics = {n: _metrics(m.record) for n, m in run.models.items()}
     eps_keys: list[str] = []
     for mt in metrics.values():
-        for k in (mt.get("robust_accuracy") or {}):
+        for k in (mt.robust_accuracy or {}):
             if str(k) not in eps_keys:
                 eps_keys.append(str(k))
     eps_keys.sort(key=lambda k: float(k) if _is_number_text(k) else math.inf)
@@ -389,15 +385,12 @@ def _section_training(run: RunContents, store: ImageStore) -> str:
     rows = []
     for name, info in run.models.items():
         mt = metrics[name]
-        meta = info.meta or {}
-        robust = mt.get("robust_accuracy") or {}
-        per_class = mt.get("per_class_accuracy")
-        pc = []
-        for i, c in enumerate(classes):
-            v = per_class.get(c) if isinstance(per_class, dict) else (per_class[i] if isinstance(per_class, list) and i < len(per_class) else None)
-            pc.append(_pct(v))
+        rec = info.record or ModelRecord()
+        robust = mt.robust_accuracy or {}
+        per_class = mt.per_class_accuracy or {}
+        pc = [_pct(per_class.get(c)) for c in classes]
         rows.append(
-            [e(name), _fmt(meta.get("eps"), 2), _fmt(meta.get("seed"), 0), _pct(mt.get("clean_accuracy")), _pct(mt.get("balanced_accuracy"))]
+            [e(name), _fmt(rec.eps, 2), _fmt(rec.seed, 0), _pct(mt.clean_accuracy), _pct(mt.balanced_accuracy)]
             + [_pct(robust.get(k)) for k in eps_keys]
             + pc
         )
@@ -407,9 +400,8 @@ def _section_training(run: RunContents, store: ImageStore) -> str:
 
     cms = []
     for name, mt in metrics.items():
-        cm = mt.get("confusion_matrix")
-        if isinstance(cm, list) and cm and all(isinstance(r, list) for r in cm):
-            cms.append(_confusion_html(name, np.asarray(cm, dtype=float), classes))
+        if mt.confusion_matrix:
+            cms.append(_confusion_html(name, np.asarray(mt.confusion_matrix, dtype=float), classes))
     if cms:
         parts.append("<h3>Confusion matrices</h3><p class=\"note\">Rows: true class; columns: predicted class; shading: share of the row.</p>")
         parts.append('<div class="tiles" style="gap:24px">' + "".join(cms) + "</div>")
@@ -490,13 +482,13 @@ def _section_grids(run: RunContents, store: ImageStore) -> str:
 def _selection_note(run: RunContents) -> str:
     """How the explained images were chosen, and which classes fell short (saliency/selection.json)."""
     sel = run.selection
-    if not isinstance(sel, dict) or not isinstance(sel.get("selected"), dict):
+    if sel is None:
         return ""
-    counts = ", ".join(f"{e(c)} {int(n)}" for c, n in sel["selected"].items())
-    if sel.get("rule") != "correct for every model":
+    counts = ", ".join(f"{e(c)} {int(n)}" for c, n in sel.selected.items())
+    if sel.rule != Selection.CORRECT:
         return f'<p class="note">Explained images (named by image id): {counts}.</p>'
-    k = sel.get("n_per_class")
-    short = [c for c, n in sel["selected"].items() if k is not None and int(n) < int(k)]
+    k = sel.n_per_class
+    short = [c for c, n in sel.selected.items() if k is not None and n < k]
     text = (f'<p class="note">Explained images: test images classified correctly by every model, '
             f"up to {e(k)} per class, as in the paper: {counts}.")
     if short:
@@ -719,18 +711,15 @@ SUMMARY_SHOWN = ("gate", "comparable", "explained_per_class", "verdicts", "paire
                  "n_images", "seconds")
 
 
-def _summary_html(summary: Any, alpha: float) -> str:
+def _summary_html(summary: Summary, alpha: float) -> str:
     """summary.json: verdicts per claim, paired differences, means with CIs, then the rest."""
-    if not isinstance(summary, dict):
-        return _json_html(summary)
     out = []
-    facts = [f"{k}: {summary[k]}" for k in ("standard", "n_images") if summary.get(k) is not None]
+    facts = [f"{k}: {v}" for k, v in (("standard", summary.standard), ("n_images", summary.n_images)) if v is not None]
     if facts:
         out.append(f'<p class="note">{e("; ".join(facts))} (standard = the model every robust model is compared with; n = images explained).</p>')
-    verdicts = summary.get("verdicts")
-    if isinstance(summary.get("gate"), dict):
-        out.append(_gate_html_from(summary["gate"]))
-    if isinstance(verdicts, list) and verdicts and all(isinstance(v, dict) for v in verdicts):
+    out.append(_gate_html_from(summary.gate))
+    verdicts = [v.to_dict() for v in summary.verdicts]
+    if verdicts:
         out.append("<h3>Claims of the paper: verdicts</h3>")
         out.append(
             '<p class="note">A claim is supported when the paired robust &minus; standard differences of its metrics '
@@ -738,10 +727,10 @@ def _summary_html(summary: Any, alpha: float) -> str:
         )
         cols = [c for c in ("claim", "robust", "standard", "method", "verdict", "line") if any(c in v for v in verdicts)]
         out.append(_records_table(verdicts, cols))
-    elif verdicts is not None:
+    else:
         out.append("<h3>Verdicts</h3>" + _json_html(verdicts))
-    paired = summary.get("paired")
-    if isinstance(paired, list) and paired and all(isinstance(p, dict) for p in paired):
+    paired = summary.paired
+    if paired:
         out.append("<h3>Paired differences (robust &minus; standard, per image)</h3>")
         out.append('<p class="note">Bold rows: Holm-corrected p below alpha.</p>')
         cols = [c for c in ("robust", "standard", "method", "metric", "n", "diff", "low", "high", "p", "p_holm") if any(c in p for p in paired)]
@@ -759,8 +748,8 @@ def _summary_html(summary: Any, alpha: float) -> str:
             out.append('<div class="scroll">' + _table(header, rows, text_cols=text_cols) + "</div>")
     elif paired is not None:
         out.append("<h3>Paired differences</h3>" + _json_html(paired))
-    means = summary.get("metrics")
-    if isinstance(means, list) and means and all(isinstance(m, dict) for m in means):
+    means = summary.metrics
+    if means:
         cols = [c for c in ("model", "method", "metric", "n", "mean", "ci_low", "ci_high") if any(c in m for m in means)]
         out.append(
             f"<h3>Means with confidence intervals</h3><details><summary>{len(means)} rows (model &times; method &times; metric)"
@@ -768,15 +757,14 @@ def _summary_html(summary: Any, alpha: float) -> str:
         )
     elif means is not None:
         out.append("<h3>Metrics</h3>" + _json_html(means))
-    if isinstance(summary.get("models"), dict):
-        out.append("<h3>Models compared</h3>" + _json_html(summary["models"]))
-    if summary.get("notes"):
-        out.append("<h3>Notes of the metrics stage</h3>" + _json_html(summary["notes"]))
-    if isinstance(summary.get("stability"), dict) and summary["stability"]:
-        out.append("<h3>Seed stability</h3>" + _json_html(summary["stability"], depth=1))
-    if isinstance(summary.get("settings"), dict):
-        out.append("<h3>Settings</h3>" + _json_html(summary["settings"], depth=1))
-    rest = {k: v for k, v in summary.items() if k not in SUMMARY_SHOWN + SUMMARY_PLOTTED}
+    out.append("<h3>Models compared</h3>" + _json_html({n: m.to_dict() for n, m in summary.models.items()}))
+    if summary.notes:
+        out.append("<h3>Notes of the metrics stage</h3>" + _json_html(summary.notes))
+    if summary.stability:
+        out.append("<h3>Seed stability</h3>" + _json_html(summary.stability, depth=1))
+    if summary.settings is not None:
+        out.append("<h3>Settings</h3>" + _json_html(summary.settings, depth=1))
+    rest = {k: v for k, v in summary.to_dict().items() if k not in SUMMARY_SHOWN + SUMMARY_PLOTTED}
     if rest:
         out.append("<h3>Other fields of summary.json</h3>" + _json_html(rest, depth=1))
     return "".join(out)
@@ -784,14 +772,14 @@ def _summary_html(summary: Any, alpha: float) -> str:
 
 def _section_metrics(run: RunContents, store: ImageStore) -> str:
     parts = ['<section id="metrics"><h2>Metrics and statistics</h2>']
-    if run.summary_json is None and run.summary_csv is None:
+    if run.summary is None and run.summary_csv is None:
         parts.append('<p class="note">No metrics yet: metrics/summary.json and summary.csv are missing.</p>')
     alpha = 0.05
     if run.config and isinstance(run.config.get("metrics"), dict):
         a = run.config["metrics"].get("alpha")
         alpha = float(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else alpha
-    if run.summary_json is not None:
-        parts.append(_summary_html(run.summary_json, alpha))
+    if run.summary is not None:
+        parts.append(_summary_html(run.summary, alpha))
     if run.summary_csv is not None:
         df = run.summary_csv
         records = [{str(k): _plain(v) for k, v in rec.items()} for rec in df.to_dict(orient="records")]

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 
 from robsal.config import Config, load_run_config
 from robsal.errors import CheckpointError, DataError
-from robsal.io import save_npz, write_json
-from robsal.runs import writes_run
+from robsal.io import save_npz
+from robsal.rundir import Selection, writes_run
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
 from robsal.saliency.seeds import image_seeds
@@ -173,14 +173,14 @@ def explain_run(
 
     if image_ids:
         rows = data.rows_of(list(image_ids))
-        selection: dict[str, Any] = {"rule": "image ids given", "models": names, "n_per_class": None}
+        selection = Selection(rule="image ids given", models=names, n_per_class=None)
     else:
         k = n_per_class if n_per_class is not None else cfg.saliency.n_per_class
         rows = select_images(data, loaded, k, cfg.seed, dev, cfg.train.eval_batch_size)
-        selection = {"rule": "correct for every model", "models": names, "n_per_class": k}
+        selection = Selection(rule=Selection.CORRECT, models=names, n_per_class=k)
     counts = np.bincount(data.labels[rows], minlength=len(data.classes))
-    selection["selected"] = {c: int(n) for c, n in zip(data.classes, counts)}
-    write_json(run_dir / "saliency" / "selection.json", selection)
+    selection.selected = {c: int(n) for c, n in zip(data.classes, counts)}
+    selection.save(run_dir / "saliency" / "selection.json")
     out, raw = compute_maps(
         run_dir, loaded, data, rows, method_names, cfg, target=cfg.saliency.target, device=dev, progress=progress
     )

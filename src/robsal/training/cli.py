@@ -37,7 +37,7 @@ def _setup(args: argparse.Namespace, *, data_parallel: bool = False) -> Iterator
     from robsal.cli import config_from_args
     from robsal.data import prepare  # type: ignore[attr-defined]
     from robsal.errors import ConfigError, UserError
-    from robsal.runs import init_run
+    from robsal.rundir import init_run
     from robsal.training import distributed
     from robsal.utils import resolve_device
 
@@ -62,7 +62,7 @@ def _setup(args: argparse.Namespace, *, data_parallel: bool = False) -> Iterator
 
 
 def _train(args: argparse.Namespace) -> int:
-    from robsal.io import read_json
+    from robsal.rundir import ModelRecord
     from robsal.training import distributed
     from robsal.training.train import train_models
 
@@ -73,9 +73,9 @@ def _train(args: argparse.Namespace) -> int:
         if not distributed.is_main():
             return 0
         for name, d in dirs.items():
-            m = read_json(d / "model.json")["metrics"]
-            rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in m["robust_accuracy"].items())
-            print(f"{name}: clean {m['clean_accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}; robust {rob}")
+            m = ModelRecord.trained(d / "model.json").metrics
+            rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in (m.robust_accuracy or {}).items())
+            print(f"{name}: clean {m.clean_accuracy:.3f}, balanced {m.balanced_accuracy:.3f}; robust {rob}")
         print(f"trained {len(dirs)} model(s) into {run_dir / 'models'} in {time.perf_counter() - start:.0f} s"
               + (f" with {distributed.world_size()} processes" if distributed.active() else ""))
     return 0
@@ -93,7 +93,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from robsal.runs import RunLock
+    from robsal.rundir import RunLock
 
     run = args.run or args.run_pos
     if run is not None and Path(run).is_dir():
@@ -106,7 +106,8 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
     from robsal.config import load_run_config
     from robsal.data import load_run_data  # type: ignore[attr-defined]
     from robsal.errors import CheckpointError, ConfigError
-    from robsal.models import load, save
+    from robsal.models import load
+    from robsal.rundir import ModelMetrics, ModelRecord
     from robsal.training.evaluate import evaluate_model
     from robsal.utils import resolve_device
 
@@ -127,15 +128,17 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
             raise CheckpointError(f"no trained model {name!r} in {run_dir / 'models'}; run robsal train first")
     data = load_run_data(run_dir)
     for name in names:
-        d = run_dir / "models" / name
-        model = load(d, device)
+        path = run_dir / "models" / name / "model.json"
+        model = load(path.parent, device)
+        record = ModelRecord.load(path)
         metrics = evaluate_model(model, data, cfg, device=device, eps=eps, steps=args.steps,
                                  max_images=args.max_images, progress=args.progress, desc=name)
-        old = dict(model.meta.get("metrics", {}))
-        robust = dict(old.get("robust_accuracy", {}))
+        old = record.metrics.to_dict() if record.metrics is not None else {}
+        robust = dict(old.get("robust_accuracy") or {})
         robust.update(metrics["robust_accuracy"])
         metrics["robust_accuracy"] = dict(sorted(robust.items(), key=lambda kv: float(kv[0])))
-        save(model, d, metrics={**old, **metrics})
+        record.set(metrics=ModelMetrics.from_dict({**old, **metrics}, path))
+        record.save(path)  # the weights are unchanged
         rob = ", ".join(f"eps {k}: {v:.3f}" for k, v in metrics["robust_accuracy"].items())
         print(f"{name}: clean {metrics['clean_accuracy']:.3f}; robust {rob}")
     return 0

@@ -28,7 +28,6 @@ fold's cells are done.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 from robsal.config import Config
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, atomic_open, write_json
-from robsal.runs import RunLock
+from robsal.rundir import RunLock, fingerprint
 from robsal.training.checkpoint import remove_checkpoints
 from robsal.training.evaluate import accuracy
 from robsal.training.loop import make_augment
@@ -72,14 +71,6 @@ def tune(
     run_dir = Path(run_dir)
     with RunLock(run_dir, reentrant=True):  # one writer of folds.jsonl and the checkpoints
         return _tune(cfg, run_dir, data, device=device, progress=progress)
-
-
-def _cell_fingerprint(cfg: Config, **cell: Any) -> str:
-    """Hash of what determines a CV fit: the training config sections and the cell (fold, lr, ...)."""
-    d = cfg.to_dict()
-    part = {k: d[k] for k in ("seed", "data", "augment", "model", "train")}
-    part["cell"] = cell
-    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[str, Any]:
@@ -121,7 +112,7 @@ def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[s
         p1_dir = ckpt_root / f"fold{fold}_phase1"
         fit(model, data, tr, [("phase1", p1)], cfg=cfg, seed=cfg.seed, device=dev, augment=augment,
             progress=progress, name=f"fold {fold} phase1",
-            checkpoint_dir=p1_dir, fingerprint=_cell_fingerprint(cfg, fold=fold, phase="phase1"))
+            checkpoint_dir=p1_dir, fingerprint=fingerprint(cfg, "cv_cell", cell={"fold": fold, "phase": "phase1"}))
         state = copy.deepcopy(model.state_dict())
         for lr, bs in todo:
             model.load_state_dict(state)
@@ -130,7 +121,7 @@ def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[s
             cell_dir = ckpt_root / f"fold{fold}_lr{lr:g}_bs{bs}"
             fit(model, data, tr, [("phase2", phase2)], cfg=cfg, seed=cfg.seed, device=dev, augment=augment,
                 start_epoch=p1.epochs, progress=progress, name=f"fold {fold} lr={lr:g} bs={bs}",
-                checkpoint_dir=cell_dir, fingerprint=_cell_fingerprint(cfg, fold=fold, lr=lr, batch_size=bs))
+                checkpoint_dir=cell_dir, fingerprint=fingerprint(cfg, "cv_cell", cell={"fold": fold, "lr": lr, "batch_size": bs}))
             acc = accuracy(model, data, va, device=dev, batch_size=cfg.train.eval_batch_size)
             done[(lr, bs, fold)] = acc
             append_jsonl(log_path, {"lr": lr, "batch_size": bs, "fold": fold, "accuracy": acc,

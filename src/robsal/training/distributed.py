@@ -226,12 +226,12 @@ def main_first(fn: Callable[[], T]) -> T:
 
 
 def main_lock(run_dir: str | Path) -> contextlib.AbstractContextManager:
-    """The run lock (:class:`robsal.runs.RunLock`, re-entrant) in rank 0; nothing in the other processes.
+    """The run lock (:class:`robsal.rundir.RunLock`, re-entrant) in rank 0; nothing in the other processes.
 
     Only rank 0 writes to the run directory, and the lock is per process: the other
     processes of the job read what rank 0 wrote after waiting for it.
     """
-    from robsal.runs import RunLock
+    from robsal.rundir import RunLock
 
     return RunLock(run_dir, reentrant=True) if is_main() else contextlib.nullcontext()
 

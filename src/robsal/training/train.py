@@ -33,7 +33,6 @@ what is saved is always the original module's ``state_dict``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 import warnings
@@ -48,6 +47,7 @@ from robsal import signals
 from robsal.config import Config, ModelSpec, PhaseConfig
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, clean_temporaries, read_json, write_text
+from robsal.rundir import fingerprint, is_complete
 from robsal.training import distributed
 from robsal.training.checkpoint import (
     LATEST,
@@ -314,21 +314,7 @@ def apply_tuned(cfg: Config, tuned: dict[str, Any] | None) -> Config:
 
 def training_fingerprint(cfg: Config, spec: ModelSpec) -> str:
     """Hash of everything that determines a trained model (config sections, spec, seed)."""
-    d = cfg.to_dict()
-    part = {k: d[k] for k in ("seed", "data", "augment", "model", "train", "adversary", "robustness")}
-    part["spec"] = {"name": spec.name, "eps": spec.eps, "seed": spec.seed}
-    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def is_complete(model_dir: Path, fp: str) -> bool:
-    meta_path = model_dir / "model.json"
-    if not meta_path.exists() or not (model_dir / "model.safetensors").exists():
-        return False
-    try:
-        meta = read_json(meta_path)
-    except json.JSONDecodeError:
-        return False
-    return meta.get("fingerprint") == fp and "metrics" in meta
+    return fingerprint(cfg, "training", spec={"name": spec.name, "eps": spec.eps, "seed": spec.seed})
 
 
 def _tensorboard(log_dir: Path):
