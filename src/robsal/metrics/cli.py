@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from robsal.metrics.run import evaluate_run
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -19,10 +23,6 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from robsal.metrics.run import evaluate_run
 
     out = evaluate_run(Path(args.run), device=args.device, progress=not args.no_progress)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
