@@ -10,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from robsal.metrics import localisation as L
-from robsal.metrics import run as R
+from robsal.metrics import per_image as P
 from robsal.metrics import stats
+from robsal.metrics import summary as R
+from robsal.metrics.inputs import ExplainedImages
 
 H = W = 40
 C = (19.0, 20.0)  # disc centre (row, col), on pixel centres
@@ -177,8 +180,9 @@ def test_map_metrics_records_secondary_metrics_at_scaled_tolerance():
     masks = np.repeat((np.hypot(*(np.mgrid[:s, :s] - 15.5)) < 8)[None], n, 0)
     has_mask = np.array([True, True, False, True])
     ids = np.array([f"i{k}" for k in range(n)])
-    rec = R._Records()
-    R._map_metrics(rec, ids, "m", "gradient", maps, rng.random((n, 3, s, s)), masks, has_mask, {})
+    images = ExplainedImages(ids, torch.from_numpy(rng.random((n, 3, s, s))), masks, has_mask, {}, [], {})
+    rec = P.PerImageRecords()
+    P.map_metrics(rec, "m", "gradient", maps, images)
     df = rec.frame().set_index(["metric", "image_id"])["value"]
     tol = 15 * s / 224
     sel = has_mask

@@ -5,7 +5,7 @@
   align more. Computed in [0, 1] pixel space (the model normalises inside), so the
   normalisation shift enters; Etmann et al. worked on normalised inputs of bias-free
   nets, where it equals |logit| / (||x|| ||g||). Only meaningful for the gradient, so
-  :mod:`robsal.metrics.run` reports it under the ``gradient`` method only.
+  :mod:`robsal.metrics.per_image` reports it under the ``gradient`` method only.
 - :func:`edge_correlation`: Spearman rank correlation of a map with the Sobel edge
   magnitude of the grayscale image. An explanation that only traces edges scores high;
   the controls below tell us what "high" means.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from robsal.metrics.run import evaluate_run
+from robsal.rundir import Summary
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -19,10 +23,6 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from robsal.metrics.run import evaluate_run
-    from robsal.rundir import Summary
 
     out = evaluate_run(Path(args.run), device=args.device, progress=not args.no_progress)
     summary = Summary.load(out / "summary.json")

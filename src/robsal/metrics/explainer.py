@@ -81,14 +81,15 @@ def default_explain_fn(cfg=None) -> ExplainFn:  # noqa: ANN001
     stored ones; from (run seed, position in the call) otherwise (module docstring).
     Without a config the run seed is 0 and the methods' defaults apply.
     """
+    # imported here, when maps are recomputed, not with robsal.metrics: robsal.saliency loads
+    # Captum and its figure module, which sets matplotlib's backend at import
     from robsal.saliency import explain, get_method
+    from robsal.saliency.run import method_options
     from robsal.saliency.seeds import image_seeds
 
     def fn(model, images, targets, method, image_ids=None):  # noqa: ANN001, ANN202
         options: dict = {}
         if cfg is not None:
-            from robsal.saliency.run import method_options
-
             options = dict(method_options(cfg, method, image_ids))
         elif image_ids is not None and get_method(method).random:
             options = {"seed": image_seeds(0, [str(i) for i in image_ids])}

@@ -5,7 +5,7 @@ values predominantly inside the skin lesion" but judged it by eye. These metrics
 number on it. All take a batch of channel-reduced maps ``maps`` (N, H, W) >= 0 (sum over
 RGB of |attribution|) and boolean masks (N, H, W), and return one value per image (N,)
 float64. A value that is undefined for an image (an all-zero map, an empty or full mask)
-is NaN; :mod:`robsal.metrics.run` drops such rows and counts the rest, it never averages
+is NaN; :mod:`robsal.metrics.per_image` drops such rows and counts the rest, it never averages
 NaN.
 
 Definitions follow Quantus (Hedstrom et al. 2023) so that ``tests/metrics`` can use it
@@ -274,5 +274,5 @@ SECONDARY_LOCALISATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, floa
 """Secondary localisation metrics: name -> ``fn(maps, masks, tolerance) -> (N,)``.
 
 Reported beside the primary ones and in no claim's verdict; ``border_area`` is a chance
-level and is not compared robust vs standard (``robsal.metrics.run.NOT_COMPARED``).
+level and is not compared robust vs standard (``robsal.metrics.summary.NOT_COMPARED``).
 """

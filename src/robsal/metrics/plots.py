@@ -1,4 +1,4 @@
-"""Figures of the metrics stage (matplotlib Agg, atomic writes) under ``RUN/figures/``.
+"""Figures of the metrics stage (atomic PNG writes) under ``RUN/figures/``.
 
 - ``metrics_localisation.png``, ``metrics_sharpness.png``,
   ``metrics_alignment_faithfulness.png``: one panel per metric, boxes of the per-image
@@ -7,6 +7,10 @@
   dotted) and insertion (dashed) per method, one line colour per model.
 - ``sanity_randomisation.png``: mean Spearman and SSIM to the original maps as groups are
   randomised from the logits down, with the random-pair floor (horizontal line).
+
+Matplotlib is used through its object API (``Figure``, saved by the Agg canvas), never
+through ``pyplot``, so writing the figures changes no global state of the caller (its
+backend, its open figures).
 """
 
 from __future__ import annotations
@@ -14,13 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from matplotlib import rcParams
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from robsal.io import atomic_path  # noqa: E402
+from robsal.io import atomic_path
+from robsal.metrics.per_image import CONTROL_MODEL, Curves
 
 # per-image metrics that get a box plot, by figure (the rest are in summary.csv)
 BOX_FIGURES: dict[str, tuple[str, ...]] = {
@@ -33,10 +36,13 @@ BOX_FIGURES: dict[str, tuple[str, ...]] = {
 DPI = 90
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _colours() -> list[str]:
+    return rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(fig: Figure, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
     return path
 
 
@@ -45,13 +51,15 @@ def box_figure(per_image: pd.DataFrame, metrics: tuple[str, ...], path: Path) ->
     metrics = tuple(m for m in metrics if (per_image["metric"] == m).any())
     if not metrics:
         return None
-    models = sorted(set(per_image["model"]) - {"control"}) + (["control"] if "control" in set(per_image["model"]) else [])
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.3 * len(metrics)), squeeze=False)
+    present = set(per_image["model"])
+    models = sorted(present - {CONTROL_MODEL}) + ([CONTROL_MODEL] if CONTROL_MODEL in present else [])
+    colours = _colours()
+    fig = Figure(figsize=(9, 2.3 * len(metrics)))
+    axes = fig.subplots(len(metrics), 1, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
         d = per_image[per_image["metric"] == metric]
         methods = sorted(set(d["method"]), key=lambda m: (m.startswith("control"), m))
-        k = len([m for m in models if m != "control"])  # boxes side by side per method
+        k = len([m for m in models if m != CONTROL_MODEL])  # boxes side by side per method
         width = 0.8 / max(1, k)
         for j, model in enumerate(models):
             dm = d[d["model"] == model]
@@ -60,7 +68,7 @@ def box_figure(per_image: pd.DataFrame, metrics: tuple[str, ...], path: Path) ->
                 v = dm[dm["method"] == method]["value"].to_numpy()
                 if len(v):
                     data.append(v)
-                    pos.append(i if model == "control" else i + (j - (k - 1) / 2) * width)
+                    pos.append(i if model == CONTROL_MODEL else i + (j - (k - 1) / 2) * width)
             if not data:
                 continue
             bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
@@ -77,14 +85,15 @@ def box_figure(per_image: pd.DataFrame, metrics: tuple[str, ...], path: Path) ->
     return _save(fig, path)
 
 
-def deletion_plot(curves: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> Path | None:
+def deletion_plot(curves: Curves, path: Path) -> Path | None:
     methods = sorted({me for per in curves.values() for me in per})
     if not methods:
         return None
     cols = min(3, len(methods))
     rows = (len(methods) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(4 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colours = _colours()
     for ax, method in zip(axes.flat, methods):
         for j, (model, per) in enumerate(sorted(curves.items())):
             if method not in per:
@@ -109,8 +118,9 @@ def sanity_plot(sanity: dict[str, dict[str, Any]], path: Path) -> Path | None:
     methods = sorted({me for per in sanity.values() for me in per})
     if not methods:
         return None
-    fig, axes = plt.subplots(2, len(methods), figsize=(3.2 * len(methods), 5.6), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(3.2 * len(methods), 5.6))
+    axes = fig.subplots(2, len(methods), squeeze=False)
+    colours = _colours()
     for col, method in enumerate(methods):
         for j, (model, per) in enumerate(sorted(sanity.items())):
             if method not in per:
@@ -131,18 +141,15 @@ def sanity_plot(sanity: dict[str, dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_plots(run_dir: str | Path, per_image: pd.DataFrame, summary: dict[str, Any]) -> list[Path]:
-    """Every figure of the metrics stage; returns the paths written."""
-    fig_dir = Path(run_dir) / "figures"
-    out = []
-    for stem, metrics in BOX_FIGURES.items():
-        p = box_figure(per_image, metrics, fig_dir / f"{stem}.png")
-        if p:
-            out.append(p)
-    p = deletion_plot(summary.get("faithfulness_curves", {}), fig_dir / "deletion_curves.png")
-    if p:
-        out.append(p)
-    p = sanity_plot(summary.get("sanity", {}), fig_dir / "sanity_randomisation.png")
-    if p:
-        out.append(p)
-    return out
+def write_plots(
+    fig_dir: str | Path, per_image: pd.DataFrame, curves: Curves, sanity: dict[str, dict[str, Any]]
+) -> list[Path]:
+    """Every figure of the metrics stage into ``fig_dir``; returns the paths written.
+
+    ``curves``, ``sanity``: the ``faithfulness_curves`` and ``sanity`` parts of summary.json.
+    """
+    fig_dir = Path(fig_dir)
+    paths = [box_figure(per_image, metrics, fig_dir / f"{stem}.png") for stem, metrics in BOX_FIGURES.items()]
+    paths.append(deletion_plot(curves, fig_dir / "deletion_curves.png"))
+    paths.append(sanity_plot(sanity, fig_dir / "sanity_randomisation.png"))
+    return [p for p in paths if p]

@@ -31,6 +31,7 @@ from robsal.errors import ConfigError
 from robsal.metrics.alignment import spearman_maps
 from robsal.metrics.explainer import ExplainFn, compute_maps
 from robsal.metrics.stats import stable_seed
+from robsal.models import groups_of
 
 
 def ssim_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,8 +57,6 @@ def randomisation_stages(model: torch.nn.Module) -> list[tuple[str, list[str]]]:
     ResNets use the Appendix D groups (labels ``g5`` .. ``g1``). Other models fall back to
     the top-level children of ``model.net`` (or of ``model``) that hold parameters.
     """
-    from robsal.models import groups_of
-
     try:
         groups = groups_of(model)
         order = [(f"g{g}", groups[g]) for g in sorted(groups, reverse=True)]
