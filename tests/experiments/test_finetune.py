@@ -137,3 +137,20 @@ def test_groups_parsing_and_user_errors(run_dir, capsys):
     assert rc == 2 and err.startswith("robsal: error: model 'robust_eps9' is not in") and "robust_eps4" in err
     rc = main(["finetune", "--run", str(run_dir), "--from", "robust_eps4", "--lr", "0"])
     assert rc == 2 and capsys.readouterr().err.strip() == "robsal: error: --lr must be > 0, got 0"
+
+
+def test_library_errors_name_settings_and_the_cli_names_flags(run_dir, capsys):
+    from robsal.cli import main
+    from robsal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^finetune lr must be >= 0, got -1$"):
+        FinetuneSettings(lr=-1).check()
+    with pytest.raises(ConfigError, match=r"^finetune lr_patience must be >= 1, got 0$"):
+        run_finetune(run_dir, "robust_eps4", [(5,)], settings=FinetuneSettings(lr_patience=0))
+    with pytest.raises(ConfigError, match=r"^finetune groups '6' must name groups between 1 and 5"):
+        parse_groups("6")
+    rc = main(["finetune", "--run", str(run_dir), "--from", "robust_eps4", "--groups", "6"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == "robsal: error: --groups '6' must name groups between 1 and 5, low to high"
+    rc = main(["finetune", "--run", str(run_dir), "--from", "robust_eps4", "--lr-patience", "0"])
+    assert rc == 2 and capsys.readouterr().err.strip() == "robsal: error: --lr-patience must be >= 1, got 0"

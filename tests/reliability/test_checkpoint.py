@@ -20,6 +20,7 @@ from robsal.training import fit
 from robsal.training import train as train_mod
 from robsal.training.checkpoint import LATEST, PREVIOUS, load_latest, read_checkpoint
 from robsal.training.loop import Adversary, NonFiniteLoss
+from robsal.training.plan import TrainPlan
 
 from .conftest import TinyCNN, make_toy_data
 
@@ -48,9 +49,11 @@ def data():
 def run_fit(data, cfg, ckpt_dir=None, history_path=None, model=None, adversary=None):
     torch.manual_seed(0)
     model = model if model is not None else TinyCNN()
-    hist = fit(model, data, data.indices("train"), phases(cfg), cfg=cfg, seed=5, device=CPU,
-               adversary=adversary, val_idx=data.indices("val"), history_path=history_path, progress=False,
-               name="toy", checkpoint_dir=ckpt_dir, fingerprint=FP)
+    plan = TrainPlan.from_config(
+        cfg, phases(cfg), data.indices("train"), seed=5, device=CPU, adversary=adversary, val_idx=data.indices("val"),
+        history_path=history_path, progress=False, name="toy", checkpoint_dir=ckpt_dir, fingerprint=FP,
+    )
+    hist = fit(model, data, plan)
     return model, hist
 
 

@@ -16,6 +16,7 @@ from robsal.config import PhaseConfig, load_config
 from robsal.training import fit
 from robsal.training.checkpoint import LATEST, read_checkpoint
 from robsal.training.loop import Adversary
+from robsal.training.plan import TrainPlan
 
 from .conftest import TinyCNN, make_toy_data
 
@@ -37,11 +38,11 @@ def train(compile_: bool, tmp_path, data):
     phase = PhaseConfig(epochs=1, batch_size=6, lr=1e-2, trainable="all")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    history = fit(
-        model, data, data.indices("train"), [("phase2", phase)], cfg=cfg, seed=2, device=CPU,
-        adversary=Adversary(0.5, steps=2), progress=False,
-        checkpoint_dir=tmp_path / f"ck{int(compile_)}", fingerprint="compile-test",
+    plan = TrainPlan.from_config(
+        cfg, [("phase2", phase)], data.indices("train"), seed=2, device=CPU, adversary=Adversary(0.5, steps=2),
+        progress=False, checkpoint_dir=tmp_path / f"ck{int(compile_)}", fingerprint="compile-test",
     )
+    history = fit(model, data, plan)
     graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     return model, history, graphs
 

@@ -29,6 +29,7 @@ from robsal.errors import ConfigError
 from robsal.training import distributed, fit, shard_bounds
 from robsal.training.checkpoint import LATEST
 from robsal.training.loop import Adversary, make_augment
+from robsal.training.plan import TrainPlan
 
 try:
     from .conftest import TinyCNN, make_toy_data
@@ -63,12 +64,13 @@ def run_scenario(name: str, data, workdir: Path) -> tuple[torch.nn.Module, list[
     # No bias before BatchNorm (as in ResNets): its true gradient is 0, and Adam would turn the
     # rounding noise it gets instead into steps of +-lr, in one process as in two.
     model.features[0].bias = None
-    history = fit(
-        model, data, data.indices("train"), [("phase1", p1), ("phase2", p2)], cfg=cfg, seed=5, device=CPU,
+    plan = TrainPlan.from_config(
+        cfg, [("phase1", p1), ("phase2", p2)], data.indices("train"), seed=5, device=CPU,
         adversary=Adversary(0.5, steps=2) if sc["adversary"] else None, augment=make_augment(cfg.augment),
         history_path=workdir / f"{name}.history.jsonl", progress=False,
         checkpoint_dir=workdir / f"{name}.checkpoint" if sc.get("checkpoint") else None, fingerprint="ddp-test",
     )
+    history = fit(model, data, plan)
     return model, history
 
 

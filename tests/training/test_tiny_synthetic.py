@@ -12,6 +12,7 @@ from robsal.config import PhaseConfig, load_config
 from robsal.data import prepare
 from robsal.training import fit, robust_accuracy
 from robsal.training.loop import Adversary
+from robsal.training.plan import TrainPlan
 
 from .conftest import TinyCNN
 
@@ -30,8 +31,9 @@ def test_adversarial_training_on_tiny_synthetic_data_beats_standard_under_pgd(tm
     for name, adv in (("standard", None), ("robust", Adversary(eps, steps=7))):
         torch.manual_seed(0)
         model = TinyCNN(width=16)
-        fit(model, data, data.indices("train"), [("phase2", cfg.train.phase2)], cfg=cfg, seed=0, device=CPU,
-            adversary=adv, progress=False)
+        plan = TrainPlan.from_config(cfg, [("phase2", cfg.train.phase2)], data.indices("train"), seed=0, device=CPU,
+                                     adversary=adv, progress=False)
+        fit(model, data, plan)
         acc[name] = robust_accuracy(model, data, test, {"0": 0.0, "4": eps}, device=CPU, steps=10, progress=False)
     # seeds 0-3 gave robust - standard = +0.17, +0.13, +0.21, +0.14 at eps 4 (84 test images)
     assert acc["robust"]["4"] > acc["standard"]["4"], acc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from robsal.config import PhaseConfig, load_config
 from robsal.data import PreparedData
 from robsal.training import fit, robust_accuracy
 from robsal.training.loop import Adversary
+from robsal.training.plan import TrainPlan
 
 from .conftest import TinyCNN
 
@@ -24,6 +27,11 @@ def cfg_for(**phase2):
     return cfg
 
 
+def plan_of(cfg, phases, idx, **options):
+    """A quiet CPU training plan."""
+    return TrainPlan.from_config(cfg, phases, idx, device=CPU, progress=False, **options)
+
+
 def phases(cfg):
     return [("phase1", cfg.train.phase1), ("phase2", cfg.train.phase2)]
 
@@ -34,15 +42,15 @@ def test_same_seed_gives_identical_weights(toy_data):
     for _ in range(2):
         torch.manual_seed(0)
         model = TinyCNN()
-        fit(model, toy_data, toy_data.indices("train"), phases(cfg), cfg=cfg, seed=3, device=CPU,
-            adversary=Adversary(0.3, steps=2), progress=False)
+        fit(model, toy_data, plan_of(cfg, phases(cfg), toy_data.indices("train"), seed=3,
+                                     adversary=Adversary(0.3, steps=2)))
         states.append(model.state_dict())
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
     torch.manual_seed(0)
     other = TinyCNN()
-    fit(other, toy_data, toy_data.indices("train"), phases(cfg), cfg=cfg, seed=4, device=CPU,
-        adversary=Adversary(0.3, steps=2), progress=False)
+    fit(other, toy_data, plan_of(cfg, phases(cfg), toy_data.indices("train"), seed=4,
+                                 adversary=Adversary(0.3, steps=2)))
     assert not torch.equal(other.fc.weight, states[0]["fc.weight"])  # the seed matters
 
 
@@ -51,8 +59,7 @@ def test_phase1_trains_only_the_head(toy_data):
     torch.manual_seed(0)
     model = TinyCNN()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hist = fit(model, toy_data, toy_data.indices("train"), [("phase1", cfg.train.phase1)], cfg=cfg, seed=0,
-               device=CPU, progress=False)
+    hist = fit(model, toy_data, plan_of(cfg, [("phase1", cfg.train.phase1)], toy_data.indices("train"), seed=0))
     after = model.state_dict()
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     for k in before:
@@ -68,8 +75,8 @@ def test_frozen_bn_eval_keeps_running_statistics_of_frozen_layers(toy_data):
         torch.manual_seed(0)
         model = TinyCNN()
         before = model.features[1].running_mean.clone()
-        fit(model, toy_data, toy_data.indices("train"), [("phase1", cfg.train.phase1)], cfg=cfg, seed=0,
-            device=CPU, progress=False, frozen_bn_eval=frozen_bn_eval)
+        fit(model, toy_data, plan_of(cfg, [("phase1", cfg.train.phase1)], toy_data.indices("train"), seed=0,
+                                     frozen_bn_eval=frozen_bn_eval))
         unchanged = torch.equal(before, model.features[1].running_mean)
         # the paper's phase 1 lets the frozen layer's statistics drift; fine-tuning keeps them
         assert unchanged is frozen_bn_eval
@@ -77,16 +84,16 @@ def test_frozen_bn_eval_keeps_running_statistics_of_frozen_layers(toy_data):
     torch.manual_seed(0)
     model = TinyCNN()
     before = model.features[1].running_mean.clone()
-    fit(model, toy_data, toy_data.indices("train"), [("phase2", cfg.train.phase2)], cfg=cfg, seed=0,
-        device=CPU, progress=False, frozen_bn_eval=True)
+    fit(model, toy_data, plan_of(cfg, [("phase2", cfg.train.phase2)], toy_data.indices("train"), seed=0,
+                                 frozen_bn_eval=True))
     assert not torch.equal(before, model.features[1].running_mean)
 
 
 def test_lr_decays_after_the_listed_epochs(toy_data):
     cfg = cfg_for(epochs=4, lr=1e-2, lr_decay_epochs=[1, 3], lr_decay=0.5)
     torch.manual_seed(0)
-    hist = fit(TinyCNN(), toy_data, toy_data.indices("train"), phases(cfg), cfg=cfg, seed=0, device=CPU,
-               val_idx=toy_data.indices("val"), train_eval_idx=toy_data.indices("train")[:8], progress=False)
+    hist = fit(TinyCNN(), toy_data, plan_of(cfg, phases(cfg), toy_data.indices("train"), seed=0,
+                                            val_idx=toy_data.indices("val"), train_eval_idx=toy_data.indices("train")[:8]))
     assert [h["lr"] for h in hist] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3])
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5]
     assert [h["phase"] for h in hist] == ["phase1"] + ["phase2"] * 4
@@ -110,8 +117,8 @@ def test_standard_and_robust_models_see_the_same_batches(toy_data):
             return x
 
         torch.manual_seed(0)
-        fit(TinyCNN(), toy_data, toy_data.indices("train"), phases(cfg), cfg=cfg, seed=0, device=CPU,
-            adversary=adv, augment=augment, progress=False)
+        fit(TinyCNN(), toy_data, plan_of(cfg, phases(cfg), toy_data.indices("train"), seed=0, adversary=adv,
+                                        augment=augment))
         seen[name] = log
     assert len(seen["standard"]) == 3 * len(toy_data.indices("train"))
     assert seen["standard"] == seen["robust"]
@@ -123,12 +130,11 @@ def test_resuming_at_an_epoch_equals_an_uninterrupted_run(toy_data):
     idx = toy_data.indices("train")
     torch.manual_seed(0)
     full = TinyCNN()
-    fit(full, toy_data, idx, phases(cfg), cfg=cfg, seed=1, device=CPU, progress=False)
+    fit(full, toy_data, plan_of(cfg, phases(cfg), idx, seed=1))
     torch.manual_seed(0)
     split = TinyCNN()
-    fit(split, toy_data, idx, [("phase1", cfg.train.phase1)], cfg=cfg, seed=1, device=CPU, progress=False)
-    fit(split, toy_data, idx, [("phase2", cfg.train.phase2)], cfg=cfg, seed=1, device=CPU,
-        start_epoch=cfg.train.phase1.epochs, progress=False)
+    fit(split, toy_data, plan_of(cfg, [("phase1", cfg.train.phase1)], idx, seed=1))
+    fit(split, toy_data, plan_of(cfg, [("phase2", cfg.train.phase2)], idx, seed=1, start_epoch=cfg.train.phase1.epochs))
     for (k, a), b in zip(full.state_dict().items(), split.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -163,8 +169,36 @@ def test_adversarial_training_beats_standard_training_under_pgd():
     for name, adv in (("standard", None), ("robust", Adversary(0.5, steps=4))):
         torch.manual_seed(0)
         model = TinyCNN()
-        fit(model, data, data.indices("train"), phases(cfg), cfg=cfg, seed=0, device=CPU, adversary=adv,
-            progress=False)
+        fit(model, data, plan_of(cfg, phases(cfg), data.indices("train"), seed=0, adversary=adv))
         acc[name] = robust_accuracy(model, data, test, {"0": 0.0, "1": 1.0}, device=CPU, steps=10, progress=False)
     assert acc["standard"]["0"] > 0.6 and acc["robust"]["0"] > 0.6  # both learned the task
     assert acc["robust"]["1"] > acc["standard"]["1"] + 0.2, acc
+
+
+def test_a_plateau_stop_policy_ends_training_and_keeps_the_best_weights(toy_data):
+    """fit(stop=Plateau): events from the validation loss, lr x factor on reduce_lr, best weights at the end."""
+    from robsal.training.evaluate import mean_loss
+    from robsal.training.stopping import Plateau
+
+    cfg = cfg_for(epochs=12, lr=0.5)  # large steps: the validation loss stops falling (epoch 9 of 12)
+    val = toy_data.indices("val")
+    torch.manual_seed(0)
+    model = TinyCNN()
+    plateau = Plateau(patience=3, lr_patience=1, lr_factor=0.5)
+    hist = fit(model, toy_data, plan_of(cfg, [("phase2", cfg.train.phase2)], toy_data.indices("train"), seed=0,
+                                        val_idx=val), stop=plateau)
+    replay = Plateau(patience=3, lr_patience=1)
+    assert [h["event"] for h in hist] == [replay.step(h["val_loss"]) for h in hist]
+    assert hist[-1]["event"] == "stop" and len(hist) < 12 and plateau.stopped == "early"
+    for a, b in zip(hist, hist[1:]):  # the lr of the next epoch
+        assert b["lr"] == pytest.approx(a["lr"] * (0.5 if a["event"] == "reduce_lr" else 1.0))
+    best = min(range(len(hist)), key=lambda i: hist[i]["val_loss"])
+    assert plateau.best_epoch == hist[best]["epoch"] and plateau.best == hist[best]["val_loss"]
+    # the model ends with the weights of the best epoch: its validation loss is that epoch's, exactly
+    assert mean_loss(model, toy_data, val, device=CPU, batch_size=cfg.train.eval_batch_size) == plateau.best
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit(model, toy_data, plan_of(cfg, phases(cfg), toy_data.indices("train"), seed=0, val_idx=val,
+                                     checkpoint_dir=Path("unused")), stop=Plateau())
+    with pytest.raises(ValueError, match="val_idx"):
+        fit(model, toy_data, plan_of(cfg, phases(cfg), toy_data.indices("train"), seed=0), stop=Plateau())

@@ -154,8 +154,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# the command-line flag of each fine-tuning setting a library error may name
+FINETUNE_FLAGS = {"lr": "--lr", "patience": "--patience", "lr_patience": "--lr-patience",
+                  "max_epochs": "--max-epochs", "batch_size": "--batch-size", "groups": "--groups",
+                  "images": "--images", "standard": "--standard"}
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from robsal.experiments.finetune import FinetuneSettings, parse_groups, run_finetune
+    from robsal.errors import ConfigError
+    from robsal.experiments.finetune import FinetuneSettingError, FinetuneSettings, parse_groups, run_finetune
 
     defaults = FinetuneSettings()
     settings = FinetuneSettings(
@@ -165,12 +172,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         max_epochs=defaults.max_epochs if args.max_epochs is None else args.max_epochs,
         batch_size=args.batch_size,
     )
-    settings.check(cli=True)
-    variants = parse_groups(args.groups)
-    result = run_finetune(
-        args.run, args.source, variants, settings=settings, standard=args.standard, images=args.images,
-        device=args.device, progress=not args.no_progress, force=args.force,
-    )
+    try:
+        settings.check(positive_lr=True)
+        variants = parse_groups(args.groups)
+        result = run_finetune(
+            args.run, args.source, variants, settings=settings, standard=args.standard, images=args.images,
+            device=args.device, progress=not args.no_progress, force=args.force,
+        )
+    except FinetuneSettingError as exc:  # the library names settings; say which flag
+        if exc.setting not in FINETUNE_FLAGS:
+            raise
+        raise ConfigError(f"{FINETUNE_FLAGS[exc.setting]} {exc.detail}") from None
     for line in result.lines():
         print(line)
     return 0

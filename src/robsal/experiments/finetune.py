@@ -16,10 +16,12 @@ Procedure (Appendix A, "for the fine-tuning experiment"):
   held out of the test set, ``data.val_per_class = 50``). An epoch *improves* when the
   loss is strictly below the best so far. The learning rate is multiplied by 0.1 each
   time 5 epochs in a row have not improved, and training stops after 10 such epochs (or
-  ``max_epochs``). The weights of the best epoch are kept.
+  ``max_epochs``). The weights of the best epoch are kept. The epochs are those of
+  :func:`robsal.training.train.fit` (one phase that trains the named groups), with the
+  stop policy :class:`robsal.training.stopping.Plateau`.
 * BatchNorm layers whose parameters are frozen stay in eval mode: they normalise with
   the robust model's running statistics and do not change them
-  (``train_epoch(frozen_bn_eval=True)``). The original code left every BatchNorm layer in
+  (``TrainPlan(frozen_bn_eval=True)``). The original code left every BatchNorm layer in
   train mode, so the statistics of "frozen" layers drifted towards the standard-training
   data; here a frozen group is exactly the robust model's group.
 
@@ -30,38 +32,53 @@ like every other model of the run; ``RUN/finetune/accuracy.csv|json`` and
 ``RUN/finetune/saliency/<model>/gradient.npz`` and ``RUN/figures/finetune_gradient.png|pdf``
 (Figure 12: Gradient maps, same images for every model). ``RUN/saliency`` is left as it
 is; ``robsal explain --run RUN --models ...`` then ``robsal evaluate`` add the variants
-to the run's metrics.
+to the run's metrics. Tables and figures: :mod:`robsal.experiments.finetune_report`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from robsal.config import Config, load_run_config
+from robsal.config import Config, PhaseConfig, load_run_config
+from robsal.data import load_run_data
 from robsal.errors import CheckpointError, ConfigError, DataError
-from robsal.io import append_jsonl, atomic_open, read_json, write_json
+from robsal.experiments.finetune_report import variant_label, write_outputs
+from robsal.io import read_json
+from robsal.models import load, save
+from robsal.models.build import RESNET_GROUPS
+from robsal.runs import RunLock
+from robsal.training import evaluate_model, fit
+from robsal.training.evaluate import mean_loss
+from robsal.training.loop import make_augment
+from robsal.training.plan import Phase, TrainPlan, train_accuracy_subset
+from robsal.training.stopping import Plateau
+from robsal.utils import git_commit, resolve_device, say
 
-N_GROUPS = 5
-TRAIN_ACCURACY_IMAGES = 256  # clean train accuracy per epoch on this many train images (as in training.fit)
+__all__ = [
+    "FinetuneResult", "FinetuneSettingError", "FinetuneSettings", "Plateau", "finetune_model", "parse_groups",
+    "run_finetune", "variant_label", "variant_name",
+]
+
 KEEP_META = ("arch", "classes", "mean", "std", "image_size", "pretrained")
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+class FinetuneSettingError(ConfigError):
+    """A fine-tuning setting (``setting``: a field of :class:`FinetuneSettings`, ``groups`` or
+    ``images``) out of range; ``detail`` says what it must be and what it was."""
+
+    def __init__(self, setting: str, detail: str) -> None:
+        super().__init__(f"finetune {setting} {detail}")
+        self.setting, self.detail = setting, detail
 
 
 @dataclass
@@ -76,17 +93,20 @@ class FinetuneSettings:
     max_epochs: int = 100
     batch_size: int | None = None  # None: the run's train.phase2.batch_size
 
-    def check(self, cli: bool = False) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
+    def check(self, positive_lr: bool = False) -> None:
+        """Every setting in range; ``positive_lr``: lr 0 (no update, for tests) is refused too."""
 
-        need(self.lr > 0 if cli else self.lr >= 0, f"--lr must be > 0, got {self.lr:g}")
-        need(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
-        need(self.lr_patience >= 1, f"--lr-patience must be >= 1, got {self.lr_patience}")
-        need(0 < self.lr_factor <= 1, f"lr factor must lie in (0, 1], got {self.lr_factor:g}")
-        need(self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}")
-        need(self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        def need(ok: bool, setting: str, detail: str) -> None:
+            if not ok:
+                raise FinetuneSettingError(setting, detail)
+
+        need(self.lr > 0 if positive_lr else self.lr >= 0, "lr", f"must be {'>' if positive_lr else '>='} 0, "
+             f"got {self.lr:g}")
+        need(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        need(self.lr_patience >= 1, "lr_patience", f"must be >= 1, got {self.lr_patience}")
+        need(0 < self.lr_factor <= 1, "lr_factor", f"must lie in (0, 1], got {self.lr_factor:g}")
+        need(self.max_epochs >= 1, "max_epochs", f"must be >= 1, got {self.max_epochs}")
+        need(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
 
 
 # --------------------------------------------------------------------------- groups
@@ -94,6 +114,7 @@ class FinetuneSettings:
 
 def parse_groups(text: str) -> list[tuple[int, ...]]:
     """``"5,4-5,3-5"`` -> [(5,), (4, 5), (3, 4, 5)]; each item a group or a range ``a-b``."""
+    n = len(RESNET_GROUPS)
     variants: list[tuple[int, ...]] = []
     for item in (s.strip() for s in str(text).split(",")):
         if not item:
@@ -104,80 +125,23 @@ def parse_groups(text: str) -> list[tuple[int, ...]]:
             else:
                 a = b = int(item)
         except ValueError:
-            raise ConfigError(f"--groups: {item!r} is not a group (1-{N_GROUPS}) or a range like 3-5") from None
-        if not 1 <= a <= b <= N_GROUPS:
-            raise ConfigError(f"--groups: {item!r} must name groups between 1 and {N_GROUPS}, low to high")
+            raise FinetuneSettingError("groups", f"{item!r} is not a group (1-{n}) or a range like 3-5") from None
+        if not 1 <= a <= b <= n:
+            raise FinetuneSettingError("groups", f"{item!r} must name groups between 1 and {n}, low to high")
         g = tuple(range(a, b + 1))
         if g in variants:
-            raise ConfigError(f"--groups: {item!r} is listed twice")
+            raise FinetuneSettingError("groups", f"{item!r} is listed twice")
         variants.append(g)
     if not variants:
-        raise ConfigError("--groups names no group; e.g. --groups 5,4-5,3-5,2-5")
+        raise FinetuneSettingError("groups", "names no group; e.g. 5,4-5,3-5,2-5")
     return variants
-
-
-def variant_label(groups: Sequence[int]) -> str:
-    groups = sorted(groups)
-    return str(groups[0]) if len(groups) == 1 else f"{groups[0]}-{groups[-1]}"
 
 
 def variant_name(source: str, groups: Sequence[int]) -> str:
     return f"{source}_ft{variant_label(groups)}"
 
 
-def freeze_to_groups(model: nn.Module, groups: Sequence[int]) -> list[nn.Parameter]:
-    """Freeze every parameter, then unfreeze those of ``groups``; returns the trainable ones."""
-    from robsal.models import group_parameters
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for _, p in group_parameters(model, list(groups))]
-    for p in params:
-        p.requires_grad_(True)
-    return params
-
-
-# --------------------------------------------------------------------------- early stopping
-
-
-class Plateau:
-    """Early stopping and lr decay on a validation loss (Appendix A).
-
-    :meth:`step` returns ``improved`` (strictly below the best so far), ``reduce_lr``
-    (every ``lr_patience``-th epoch in a row without improvement), ``stop`` (the
-    ``patience``-th) or ``wait``. With patience 10 and lr_patience 5: lr x0.1 after 5
-    epochs without improvement, stop after 10. A NaN loss never improves.
-    """
-
-    def __init__(self, patience: int = 10, lr_patience: int = 5) -> None:
-        self.patience, self.lr_patience = patience, lr_patience
-        self.best = float("inf")
-        self.bad = 0
-
-    def step(self, loss: float) -> str:
-        if loss < self.best:
-            self.best, self.bad = float(loss), 0
-            return "improved"
-        self.bad += 1
-        if self.bad >= self.patience:
-            return "stop"
-        if self.bad % self.lr_patience == 0:
-            return "reduce_lr"
-        return "wait"
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, data: Any, idx: np.ndarray, *, device: torch.device, batch_size: int = 128) -> float:
-    """Mean cross-entropy on the rows ``idx`` (eval mode; the model's mode is restored)."""
-    was = model.training
-    model.eval()
-    total, n = 0.0, 0
-    for s in range(0, len(idx), batch_size):
-        x, y = data.batch(idx[s : s + batch_size], device)
-        total += float(F.cross_entropy(model(x).float(), y, reduction="sum"))
-        n += len(y)
-    model.train(was)
-    return total / max(n, 1)
+# --------------------------------------------------------------------------- one variant
 
 
 def finetune_model(
@@ -197,9 +161,6 @@ def finetune_model(
 
     The model ends with the weights of its best epoch (lowest validation loss), in eval mode.
     """
-    from robsal.training import accuracy
-    from robsal.training.loop import make_augment, train_epoch
-
     settings.check()
     train_idx, val_idx = data.indices("train"), data.indices("val")
     if len(train_idx) == 0:
@@ -209,66 +170,25 @@ def finetune_model(
             "fine-tuning needs a validation split for early stopping; this run has none "
             "(set data.val_per_class > 0, paper: 50, in a new run)"
         )
-    params = freeze_to_groups(model, groups)
-    b1, b2 = cfg.train.betas
-    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(float(b1), float(b2)), weight_decay=cfg.train.weight_decay)
-    augment = make_augment(cfg.augment)
     bs = settings.batch_size or cfg.train.phase2.batch_size
-    ebs = cfg.train.eval_batch_size
-    rng = np.random.default_rng(seed)
-    train_eval_idx = np.sort(rng.choice(train_idx, size=min(TRAIN_ACCURACY_IMAGES, len(train_idx)), replace=False))
-    plateau = Plateau(settings.patience, settings.lr_patience)
-    start_loss = mean_loss(model, data, val_idx, device=device, batch_size=ebs)
-    best_state = copy.deepcopy(model.state_dict())
-    best_epoch, stopped = 0, "max_epochs"
-    history: list[dict[str, Any]] = []
-    for epoch in range(1, settings.max_epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(
-            model, data, train_idx, optimizer, batch_size=bs, seed=seed, epoch=epoch, device=device,
-            adversary=None, augment=augment, amp=cfg.train.amp, progress=progress,
-            desc=f"{name} {epoch}".strip(), frozen_bn_eval=True,
-        )
-        val_loss = mean_loss(model, data, val_idx, device=device, batch_size=ebs)
-        event = plateau.step(val_loss)
-        if event == "improved":
-            best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
-        elif event == "reduce_lr":
-            for g in optimizer.param_groups:
-                g["lr"] *= settings.lr_factor
-        rec = {
-            "epoch": epoch,
-            "phase": "finetune",
-            "lr": lr,
-            "batch_size": bs,
-            "train_loss": stats["train_loss"],
-            "train_accuracy": accuracy(model, data, train_eval_idx, device=device, batch_size=ebs),
-            "val_loss": val_loss,
-            "val_accuracy": accuracy(model, data, val_idx, device=device, batch_size=ebs),
-            "event": event,
-            "epoch_seconds": stats["epoch_seconds"],
-            "images_per_second": stats["images_per_second"],
-        }
-        history.append(rec)
-        if history_path is not None:
-            append_jsonl(history_path, rec)
-        if progress:
-            print(f"{name} epoch {epoch}: train_loss={rec['train_loss']:.4f}, val_loss={val_loss:.4f}, "
-                  f"val_accuracy={rec['val_accuracy']:.3f} ({event})", flush=True)
-        if event == "stop":
-            stopped = "early"
-            break
-    model.load_state_dict(best_state)
-    for p in model.parameters():  # leave the model fully trainable, as a loaded model is
-        p.requires_grad_(True)
+    phase = Phase("finetune", PhaseConfig(epochs=settings.max_epochs, batch_size=bs, lr=settings.lr),
+                  trainable=tuple(groups), lr_key="finetune lr")
+    plan = TrainPlan.from_config(
+        cfg, [phase], train_idx, seed=seed, device=device, augment=make_augment(cfg.augment), frozen_bn_eval=True,
+        val_idx=val_idx, train_eval_idx=train_accuracy_subset(train_idx, seed), name=name, progress=progress,
+        history_path=history_path,
+    )
+    start_loss = mean_loss(model, data, val_idx, device=device, batch_size=plan.eval_batch_size)
+    plateau = Plateau(settings.patience, settings.lr_patience, settings.lr_factor)
+    history = fit(model, data, plan, stop=plateau)
     model.eval()
     summary = {
         "groups": list(groups),
         "epochs": len(history),
-        "best_epoch": best_epoch,
+        "best_epoch": plateau.best_epoch,
         "best_val_loss": plateau.best,
         "val_loss_before": start_loss,
-        "stopped": stopped,
+        "stopped": plateau.stopped,
         "batch_size": bs,
         "frozen_bn_eval": True,
         **{k: v for k, v in asdict(settings).items() if k != "batch_size"},
@@ -357,15 +277,10 @@ def run_finetune(
 ) -> FinetuneResult:
     """Fine-tune each group variant of the model ``source`` of ``run_dir``; write models,
     tables and Figures 12-13 (see module doc). Complete variants are skipped unless ``force``."""
-    from robsal.models import load, save
-    from robsal.runs import RunLock
-    from robsal.training import evaluate_model
-    from robsal.utils import git_commit, resolve_device
-
     settings = settings or FinetuneSettings()
     settings.check()
     if images not in ("correct", "all"):
-        raise ConfigError(f"--images must be 'correct' or 'all', got {images!r}")
+        raise FinetuneSettingError("images", f"must be 'correct' or 'all', got {images!r}")
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     src_dir = run_dir / "models" / source
@@ -373,189 +288,71 @@ def run_finetune(
         found = sorted(p.parent.name for p in (run_dir / "models").glob("*/model.json"))
         raise CheckpointError(
             f"model {source!r} is not in {run_dir / 'models'} (found: {', '.join(found) or 'none'}); "
-            "train it first or pass one of those to --from"
+            "train it first or fine-tune one of those"
         )
     dev = resolve_device(device if device is not None else cfg.device)
     with RunLock(run_dir):
-        from robsal.data import load_run_data
-
         data = load_run_data(run_dir)
         src_meta = read_json(src_dir / "model.json")
         if float(src_meta.get("eps", 0)) == 0:
-            _say(f"robsal: warning: {source} has eps 0 (a standard model); Appendix D fine-tunes a robust one")
+            say(f"robsal: warning: {source} has eps 0 (a standard model); Appendix D fine-tunes a robust one")
         digest = _file_digest(src_dir / "model.safetensors")
-        seed = int(cfg.seed if src_meta.get("seed") is None else src_meta["seed"])
         done: dict[str, dict[str, Any]] = {}
         for groups in variants:
             name = variant_name(source, groups)
-            model_dir = run_dir / "models" / name
-            fp = finetune_fingerprint(cfg, digest, groups, settings)
-            if not force and _complete(model_dir, fp):
-                _say(f"{name}: already fine-tuned, skipping")
-                done[name] = read_json(model_dir / "model.json")["finetune"]
-                continue
-            _say(f"{name}: fine-tuning groups {variant_label(groups)} of {source} (lr {settings.lr:g})")
-            model = load(src_dir, dev)
-            model_dir.mkdir(parents=True, exist_ok=True)
-            history_path = model_dir / "history.jsonl"
-            if history_path.exists():
-                history_path.unlink()
-            t0 = time.perf_counter()
-            _, summary = finetune_model(
-                model, data, cfg, groups, settings, seed=seed, device=dev, progress=progress, name=name,
-                history_path=history_path,
-            )
-            seconds = time.perf_counter() - t0
-            metrics = evaluate_model(model, data, cfg, device=dev, progress=progress, desc=name)
-            model.meta = {k: model.meta[k] for k in KEEP_META if k in model.meta}
-            save(
-                model, model_dir,
-                name=name,
-                eps=float(src_meta.get("eps", 0.0)),
-                eps_l2=float(src_meta.get("eps_l2", 0.0)),
-                adversary=None,
-                seed=seed,
-                finetuned_from={
-                    "name": source, "eps": src_meta.get("eps"), "fingerprint": src_meta.get("fingerprint"),
-                    "weights_sha256_16": digest,
-                },
-                finetune=summary,
-                config=cfg.to_dict(),
-                commit=git_commit(),
-                fingerprint=fp,
-                train_seconds=seconds,
-                epochs=summary["epochs"],
-                metrics=metrics,
-            )
-            done[name] = summary
-            _say(f"{name}: {summary['epochs']} epochs ({summary['stopped']}), best epoch {summary['best_epoch']}, "
-                 f"clean accuracy {metrics['clean_accuracy']:.1%}")
+            done[name] = _finetune_variant(run_dir, cfg, data, source, src_meta, digest, groups, settings,
+                                           device=dev, progress=progress, force=force)
         std = standard or find_standard(run_dir, exclude=[source, *done])
         if std is not None and not (run_dir / "models" / std / "model.json").exists():
-            raise CheckpointError(f"--standard {std!r} is not in {run_dir / 'models'}")
-        table = accuracy_table(run_dir, source, std, list(done), done)
-        out_dir = run_dir / "finetune"
-        with atomic_open(out_dir / "accuracy.csv", "w", encoding="utf-8", newline="") as fh:
-            table.to_csv(fh, index=False, float_format="%.6g")
-        from robsal.metrics import gate as competence
-
-        # the maps of Figure 12 compare these models: only competent ones are comparable
-        model_metrics = {n: (read_json(run_dir / "models" / n / "model.json").get("metrics") or {})
-                         for n in table["model"]}
-        gate = competence.check(model_metrics, list(data.classes), None, min_recall=cfg.metrics.min_recall)
-        write_json(out_dir / "accuracy.json", {
-            "source": source, "standard": std, "settings": asdict(settings),
-            "comparable": gate.comparable, "gate": gate.to_dict(),
-            "rows": json.loads(table.to_json(orient="records")),
-            "note": "frozen BatchNorm layers stay in eval mode (the original code let their statistics drift)",
-        })
-        paths: list[Path] = []
-        if figures:
-            paths += accuracy_figure(table, run_dir / "figures" / "finetune_accuracy")
-            paths += saliency_figure(run_dir, cfg, data, list(table["model"]), images=images, device=dev,
-                                     progress=progress, not_comparable=None if gate.comparable else gate.reason)
+            raise FinetuneSettingError("standard", f"{std!r} is not a model in {run_dir / 'models'}")
+        table, gate, paths = write_outputs(run_dir, cfg, data, source, std, done, asdict(settings),
+                                           figures=figures, images=images, device=dev, progress=progress)
     return FinetuneResult(run_dir, source, std, done, table, paths, gate.reasons)
 
 
-def _order(variants: Sequence[str], info: dict[str, dict[str, Any]]) -> list[str]:
-    """Most groups fine-tuned first (closest to the standard model), as in Figures 12-13."""
-    return sorted(variants, key=lambda n: (-len(info[n]["groups"]), n))
-
-
-def accuracy_table(
-    run_dir: Path, source: str, standard: str | None, variants: Sequence[str], info: dict[str, dict[str, Any]]
-) -> pd.DataFrame:
-    """Figure 13's numbers: standard, the variants (most groups first), the robust model."""
-    rows = []
-    order = ([standard] if standard else []) + _order(variants, info) + [source]
-    for name in order:
-        meta = read_json(run_dir / "models" / name / "model.json")
-        m = meta.get("metrics") or {}
-        role = "standard" if name == standard else ("robust" if name == source else "fine-tuned")
-        ft = info.get(name, {})
-        row = {
-            "model": name,
-            "role": role,
-            "groups": variant_label(ft["groups"]) if ft else "",
-            "eps": meta.get("eps"),
-            "clean_accuracy": m.get("clean_accuracy"),
-            "balanced_accuracy": m.get("balanced_accuracy"),
-            "epochs": ft.get("epochs", meta.get("epochs")),
-            "best_epoch": ft.get("best_epoch"),
-            "stopped": ft.get("stopped", ""),
-        }
-        for c, v in (m.get("per_class_accuracy") or {}).items():  # test recall per class (competence gate)
-            row[f"recall_{c}"] = v
-        for k, v in sorted((m.get("robust_accuracy") or {}).items(), key=lambda kv: float(kv[0])):
-            row[f"robust_accuracy@{k}"] = v
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def accuracy_figure(table: pd.DataFrame, stem: Path) -> list[Path]:
-    """Figure 13: clean and balanced test accuracy of standard, fine-tuned and robust models."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from robsal.saliency.figures import save_figure
-
-    labels = [
-        "standard" if r["role"] == "standard" else (f"ft {r['groups']}" if r["role"] == "fine-tuned" else r["model"])
-        for _, r in table.iterrows()
-    ]
-    pos = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(1.4 + 1.0 * len(table), 3.2))
-    for k, (col, lab) in enumerate((("clean_accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"))):
-        vals = table[col].astype(float).to_numpy()
-        bars = ax.bar(pos + (k - 0.5) * 0.38, vals, width=0.38, label=lab)
-        for b, v in zip(bars, vals):
-            if np.isfinite(v):
-                ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.1%}", ha="center", fontsize=6)
-    ax.set_xticks(pos, labels, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("test accuracy")
-    ax.set_title("standard fine-tuning of layer groups of a robust model (Figure 13)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    return save_figure(fig, stem)
-
-
-def saliency_figure(
-    run_dir: Path, cfg: Config, data: Any, names: Sequence[str], *, images: str, device: torch.device,
-    progress: bool = True, not_comparable: str | None = None,
-) -> list[Path]:
-    """Figure 12: Gradient maps of the given models (standard, variants, robust) on the same images.
-
-    ``not_comparable``: the competence gate's reasons when some model fails it; the title says so."""
-    from robsal.models import load
-    from robsal.saliency import select_images
-    from robsal.saliency.figures import method_grid
-    from robsal.saliency.run import compute_maps
-
-    models = {n: load(run_dir / "models" / n, device) for n in names}
-    k = cfg.saliency.n_per_class
-    if images == "all":
-        from robsal.experiments.sweep import any_images
-
-        rows = data.rows_of(any_images(data, k, cfg.seed))
-    else:
-        try:
-            rows = select_images(data, models, k, cfg.seed, device, cfg.train.eval_batch_size)
-        except DataError as exc:
-            raise DataError(f"{exc}; or use --images all") from None
-    _, raw = compute_maps(run_dir / "finetune", models, data, rows, ["gradient"], cfg,
-                          target=cfg.saliency.target, device=device, progress=progress)
-    from robsal.experiments.sweep import _spread
-
-    show = _spread(data.labels[rows], cfg.saliency.figure_images)
-    ids = [data.image_ids[r] for r in rows]
-    return method_grid(
-        np.asarray(data.images[rows[show]]),
-        {n: raw["gradient"][n][show] for n in names},
-        run_dir / "figures" / "finetune_gradient",
-        title="Gradient maps: standard, robust model with layer groups fine-tuned, robust (Figure 12)"
-        + (f"\nNOT COMPARABLE: {not_comparable}" if not_comparable else ""),
-        row_labels=[f"{ids[i]} ({data.classes[data.labels[rows[i]]]})" for i in show],
-        normalisation=cfg.saliency.reduction,
+def _finetune_variant(
+    run_dir: Path, cfg: Config, data: Any, source: str, src_meta: dict[str, Any], digest: str,
+    groups: Sequence[int], settings: FinetuneSettings, *, device: torch.device, progress: bool, force: bool,
+) -> dict[str, Any]:
+    """Fine-tune, evaluate and save one variant (or skip it when complete); its ``finetune`` summary."""
+    name = variant_name(source, groups)
+    model_dir = run_dir / "models" / name
+    fp = finetune_fingerprint(cfg, digest, groups, settings)
+    if not force and _complete(model_dir, fp):
+        say(f"{name}: already fine-tuned, skipping")
+        return read_json(model_dir / "model.json")["finetune"]
+    say(f"{name}: fine-tuning groups {variant_label(groups)} of {source} (lr {settings.lr:g})")
+    seed = int(cfg.seed if src_meta.get("seed") is None else src_meta["seed"])
+    model = load(run_dir / "models" / source, device)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    history_path = model_dir / "history.jsonl"
+    if history_path.exists():
+        history_path.unlink()
+    t0 = time.perf_counter()
+    _, summary = finetune_model(model, data, cfg, groups, settings, seed=seed, device=device, progress=progress,
+                                name=name, history_path=history_path)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_model(model, data, cfg, device=device, progress=progress, desc=name)
+    model.meta = {k: model.meta[k] for k in KEEP_META if k in model.meta}
+    save(
+        model, model_dir,
+        name=name,
+        eps=float(src_meta.get("eps", 0.0)),
+        eps_l2=float(src_meta.get("eps_l2", 0.0)),
+        adversary=None,
+        seed=seed,
+        finetuned_from={
+            "name": source, "eps": src_meta.get("eps"), "fingerprint": src_meta.get("fingerprint"),
+            "weights_sha256_16": digest,
+        },
+        finetune=summary,
+        config=cfg.to_dict(),
+        commit=git_commit(),
+        fingerprint=fp,
+        train_seconds=seconds,
+        epochs=summary["epochs"],
+        metrics=metrics,
     )
+    say(f"{name}: {summary['epochs']} epochs ({summary['stopped']}), best epoch {summary['best_epoch']}, "
+        f"clean accuracy {metrics['clean_accuracy']:.1%}")
+    return summary

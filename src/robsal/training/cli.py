@@ -4,6 +4,9 @@
 ``config.yaml`` until they finish. ``robsal train`` started by ``torchrun`` trains
 data-parallel (:mod:`robsal.training.distributed`; docs/scaling.md): rank 0 takes the
 lock, writes the config and prepares the data, then every process loads the data and trains.
+
+Every command module is imported when ``robsal`` starts (to list its subcommands), so the
+modules that load PyTorch are imported inside the commands: ``robsal --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from robsal.cli import add_config_args, config_from_args
+from robsal.config import load_run_config
+from robsal.errors import CheckpointError, ConfigError, UserError
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from robsal.cli import add_config_args
-
     add_config_args(p)
     p.add_argument("--out", "-o", required=True, type=Path, help="run directory (created if needed)")
     p.add_argument("--data", default=None, help="dataset folder (HAM10000 layout or class folders)")
@@ -34,9 +39,7 @@ def _setup(args: argparse.Namespace, *, data_parallel: bool = False) -> Iterator
     command on the same ``--out`` is refused before it changes anything. With
     ``data_parallel`` (``robsal train``) a torchrun launch joins the process group here.
     """
-    from robsal.cli import config_from_args
     from robsal.data import prepare  # type: ignore[attr-defined]
-    from robsal.errors import ConfigError, UserError
     from robsal.rundir import init_run
     from robsal.training import distributed
     from robsal.utils import resolve_device
@@ -103,9 +106,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_locked(args: argparse.Namespace) -> int:
-    from robsal.config import load_run_config
     from robsal.data import load_run_data  # type: ignore[attr-defined]
-    from robsal.errors import CheckpointError, ConfigError
     from robsal.models import load
     from robsal.rundir import ModelMetrics, ModelRecord
     from robsal.training.evaluate import evaluate_model

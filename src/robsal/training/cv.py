@@ -28,6 +28,7 @@ fold's cells are done.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,12 +39,15 @@ import pandas as pd
 import torch
 
 from robsal.config import Config
+from robsal.data import load_run_data, prepare
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, atomic_open, write_json
+from robsal.models import build_model
 from robsal.rundir import RunLock, fingerprint
 from robsal.training.checkpoint import remove_checkpoints
 from robsal.training.evaluate import accuracy
 from robsal.training.loop import make_augment
+from robsal.training.plan import Phase, TrainPlan
 from robsal.training.train import fit
 from robsal.utils import resolve_device, seed_everything
 
@@ -74,11 +78,7 @@ def tune(
 
 
 def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[str, Any]:
-    from robsal.models import build_model
-
     if data is None:
-        from robsal.data import load_run_data, prepare  # type: ignore[attr-defined]
-
         data = load_run_data(run_dir) if (run_dir / "splits.csv").exists() else prepare(cfg, run_dir, progress=progress)
     dev = resolve_device(device if device is not None else cfg.device)
     out_dir = run_dir / "tune"
@@ -109,19 +109,20 @@ def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[s
             cfg.model.arch, data.classes, pretrained=cfg.model.pretrained, pretrained_path=cfg.model.pretrained_path,
             mean=cfg.model.mean, std=cfg.model.std, image_size=data.image_size,
         ).to(dev)
+        fold_plan = TrainPlan.from_config(cfg, [], tr, seed=cfg.seed, device=dev, augment=augment, progress=progress)
         p1_dir = ckpt_root / f"fold{fold}_phase1"
-        fit(model, data, tr, [("phase1", p1)], cfg=cfg, seed=cfg.seed, device=dev, augment=augment,
-            progress=progress, name=f"fold {fold} phase1",
-            checkpoint_dir=p1_dir, fingerprint=fingerprint(cfg, "cv_cell", cell={"fold": fold, "phase": "phase1"}))
+        fit(model, data, fold_plan.replace(
+            phases=(Phase("phase1", p1),), name=f"fold {fold} phase1", checkpoint_dir=p1_dir,
+            fingerprint=fingerprint(cfg, "cv_cell", cell={"fold": fold, "phase": "phase1"})))
         state = copy.deepcopy(model.state_dict())
         for lr, bs in todo:
             model.load_state_dict(state)
             phase2 = _replace(cfg.train.phase2, lr, bs)
             start = time.perf_counter()
             cell_dir = ckpt_root / f"fold{fold}_lr{lr:g}_bs{bs}"
-            fit(model, data, tr, [("phase2", phase2)], cfg=cfg, seed=cfg.seed, device=dev, augment=augment,
-                start_epoch=p1.epochs, progress=progress, name=f"fold {fold} lr={lr:g} bs={bs}",
-                checkpoint_dir=cell_dir, fingerprint=fingerprint(cfg, "cv_cell", cell={"fold": fold, "lr": lr, "batch_size": bs}))
+            fit(model, data, fold_plan.replace(
+                phases=(Phase("phase2", phase2),), start_epoch=p1.epochs, name=f"fold {fold} lr={lr:g} bs={bs}",
+                checkpoint_dir=cell_dir, fingerprint=fingerprint(cfg, "cv_cell", cell={"fold": fold, "lr": lr, "batch_size": bs})))
             acc = accuracy(model, data, va, device=dev, batch_size=cfg.train.eval_batch_size)
             done[(lr, bs, fold)] = acc
             append_jsonl(log_path, {"lr": lr, "batch_size": bs, "fold": fold, "accuracy": acc,
@@ -157,8 +158,6 @@ def _fold_indices(data, fold: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _replace(phase, lr: float, bs: int):
-    import dataclasses
-
     return dataclasses.replace(phase, lr=lr, batch_size=bs, lr_decay_epochs=list(phase.lr_decay_epochs))
 
 

@@ -22,8 +22,8 @@ floating-point order:
   global batch, on every process, with the same generators one process uses, and each
   process keeps its slice, so every image gets exactly the draw it gets in one process.
 * **BatchNorm.** Batch statistics over a share are not those of the global batch, so the
-  BatchNorm layers are converted for the duration of training: to
-  ``torch.nn.SyncBatchNorm`` on CUDA, and to :class:`CPUSyncBatchNorm` on the CPU
+  BatchNorm layers are converted for the duration of training (:mod:`robsal.training.syncbn`):
+  to ``torch.nn.SyncBatchNorm`` on CUDA, and to :class:`CPUSyncBatchNorm` on the CPU
   (PyTorch's SyncBatchNorm runs on GPUs only). Both normalise with the statistics of the
   global batch and update the running statistics with them, which therefore stay equal on
   every process. The PGD attack runs in eval mode (running statistics) on each process's
@@ -42,21 +42,25 @@ shared by the nodes). See ``docs/scaling.md`` for the commands.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from robsal.errors import ConfigError, UserError
+from robsal.rundir import RunLock
+from robsal.training.syncbn import CPUSyncBatchNorm, revert_batchnorm, sync_batchnorm  # noqa: F401 (re-exported)
 
 T = TypeVar("T")
 _DDP_ARGS = frozenset(inspect.signature(DistributedDataParallel.__init__).parameters)
@@ -231,8 +235,6 @@ def main_lock(run_dir: str | Path) -> contextlib.AbstractContextManager:
     Only rank 0 writes to the run directory, and the lock is per process: the other
     processes of the job read what rank 0 wrote after waiting for it.
     """
-    from robsal.rundir import RunLock
-
     return RunLock(run_dir, reentrant=True) if is_main() else contextlib.nullcontext()
 
 
@@ -308,118 +310,184 @@ def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
-# --------------------------------------------------------------------------- BatchNorm
+# --------------------------------------------------------------------------- sharding strategies
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; its gradient is the sum of the processes' gradients."""
+@dataclass
+class EpochSums:
+    """An epoch's running sums on the device: summed loss, hits, and the first non-finite batch
+    (index, -1 if none, and its loss value; None where every batch is checked on the host)."""
 
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        out = t.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
+    loss: torch.Tensor
+    correct: torch.Tensor
+    first_bad: torch.Tensor | None
+    bad_value: torch.Tensor | None
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
+    @classmethod
+    def zeros(cls, device: torch.device, *, track_bad: bool) -> EpochSums:
+        """Empty sums; ``track_bad``: keep the first non-finite batch on the device (else None)."""
+        return cls(
+            loss=torch.zeros((), device=device),
+            correct=torch.zeros((), device=device, dtype=torch.long),
+            first_bad=torch.full((), -1, device=device, dtype=torch.long) if track_bad else None,
+            bad_value=torch.zeros((), device=device) if track_bad else None,
+        )
+
+    def note_finite(self, batch: int, loss: torch.Tensor) -> None:
+        """Remember ``batch`` and its loss if it is the first non-finite one (no host sync; no-op untracked)."""
+        if self.first_bad is None or self.bad_value is None:
+            return
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, batch), self.first_bad)
+        self.bad_value = torch.where(bad, loss.float(), self.bad_value)
 
 
-class CPUSyncBatchNorm(_BatchNorm):
-    """BatchNorm over the global batch of all processes, on the CPU (Gloo).
+@dataclass(frozen=True)
+class Share:
+    """This process's rows ``lo:hi`` of one global batch ``batch`` (row indices into the data)."""
 
-    ``torch.nn.SyncBatchNorm`` runs on GPUs only. In training mode (with a process group
-    of more than one process) this layer gathers every process's count, mean and sum of
-    squared deviations (one differentiable all-reduce of ``W x (2C + 1)`` numbers),
-    combines them (Chan et al.'s parallel variance) into the mean and biased variance of
-    the global batch, normalises with them, and updates the running statistics with the
-    global mean and the unbiased global variance, as one process would. Shares may be
-    empty. In eval mode, or without a process group, it is a plain BatchNorm.
+    batch: np.ndarray
+    lo: int
+    hi: int
+
+    @property
+    def idx(self) -> np.ndarray:
+        return self.batch[self.lo : self.hi]
+
+
+class OneProcess:
+    """The sharding strategy of one process: every batch is all its own, nothing is communicated.
+
+    :func:`robsal.training.loop.train_epoch` walks through its batches with a strategy;
+    this one makes each step exactly what one process without a strategy would do.
     """
 
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+    world, rank = 1, 0
+    checks_each_batch = True  # it may stop alone at the first non-finite loss
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and active()):
-            return super().forward(x)
-        self._check_input_dim(x)
-        c = x.shape[1]
-        dims = [0, *range(2, x.dim())]
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        n = x.numel() // c if c else 0
-        if n:
-            mean_r = x.mean(dims)  # (C,)
-            m2_r = (x - mean_r.view(shape)).square().sum(dims)  # (C,) sum of squared deviations
-        else:  # an empty share contributes nothing (count 0)
-            mean_r = x.new_zeros(c) + x.sum() * 0  # keeps x in the graph
-            m2_r = x.new_zeros(c)
-        w, r = dist.get_world_size(), dist.get_rank()
-        row = torch.cat([mean_r, m2_r, mean_r.new_tensor([float(n)])])  # (2C + 1,)
-        rows = [row if i == r else torch.zeros_like(row) for i in range(w)]
-        stats = _AllReduceSum.apply(torch.stack(rows))  # (W, 2C + 1): every process's row
-        means, m2s, counts = stats[:, :c], stats[:, c : 2 * c], stats[:, 2 * c :]  # (W,C) (W,C) (W,1)
-        total = counts.sum()
-        mean = (counts * means).sum(0) / total  # (C,)
-        m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)  # (C,)
-        var = m2 / total
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
-                unbiased = m2.detach() / (total.detach() - 1).clamp(min=1)
-                self.running_var.mul_(1 - f).add_(unbiased, alpha=f)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+    def share(self, batch: np.ndarray) -> Share:
+        return Share(batch, 0, len(batch))
+
+    def attack_module(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def wrap(self, model: nn.Module, device: torch.device, attack_model: nn.Module) -> nn.Module:
+        """The module that trains: the attack's module (``model``, or its compiled version)."""
+        return attack_model
+
+    def synced_batchnorm(self, model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def augment(self, augment: Callable[..., torch.Tensor], x: torch.Tensor, share: Share, data: Any,
+                generator: torch.Generator) -> torch.Tensor:
+        return augment(x, generator=generator)
+
+    def attack(self, adversary: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, share: Share,
+               generator: torch.Generator) -> torch.Tensor:
+        return adversary(model, x, y, generator=generator)  # model is back in train mode after
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, share: Share) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to back-propagate, the detached sum of the share's losses for the epoch's mean)."""
+        loss = F.cross_entropy(logits, y)
+        return loss, loss.detach() * len(share.idx)
+
+    def reduce(self, sums: EpochSums, n_batches: int) -> EpochSums:
+        return sums
 
 
-def _sync_class(device: torch.device) -> type[_BatchNorm]:
-    return nn.SyncBatchNorm if device.type == "cuda" else CPUSyncBatchNorm
+class DataParallel(OneProcess):
+    """The sharding strategy of process ``rank`` of ``world`` (``torchrun``; see the module docstring).
 
-
-def _swap(bn: _BatchNorm, cls: type[_BatchNorm]) -> _BatchNorm:
-    """A ``cls`` layer that shares ``bn``'s parameters and buffers (same state_dict keys)."""
-    new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-    if bn.affine:
-        new.weight, new.bias = bn.weight, bn.bias
-    if bn.track_running_stats:
-        new.running_mean, new.running_var = bn.running_mean, bn.running_var
-        new.num_batches_tracked = bn.num_batches_tracked
-    new.train(bn.training)
-    return new
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device) -> int:
-    """Replace every BatchNorm layer of ``model`` by its synchronised version, in place; returns how many.
-
-    Parameters and buffers are shared, not copied (an optimiser built before still
-    trains them). :func:`revert_batchnorm` restores the original layer classes.
+    Every process walks through the same global batches and keeps its contiguous share
+    (:func:`shard_bounds`); augmentation parameters and PGD starts are drawn for the whole
+    global batch (the generators advance as in one process) and sliced; the share's summed
+    loss is scaled so that DDP's gradient average is the global batch mean; the epoch's sums
+    and its first non-finite batch are reduced over the processes once, at its end.
     """
-    cls = _sync_class(device)
-    n = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, _BatchNorm) and not isinstance(child, (nn.SyncBatchNorm, CPUSyncBatchNorm)):
-                new = _swap(child, cls)
-                new._robsal_original = type(child)  # type: ignore[assignment]
-                setattr(parent, name, new)
-                n += 1
-    return n
+
+    checks_each_batch = False  # a process stopping alone would leave the others waiting
+
+    def __init__(self, world: int, rank: int) -> None:
+        self.world, self.rank = world, rank
+
+    def share(self, batch: np.ndarray) -> Share:
+        return Share(batch, *shard_bounds(len(batch), self.world, self.rank))
+
+    def attack_module(self, model: nn.Module) -> nn.Module:
+        return unwrap(model)  # the attack runs on the local share in eval mode, without communication
+
+    def wrap(self, model: nn.Module, device: torch.device, attack_model: nn.Module) -> nn.Module:
+        """DDP around ``model`` (one wrapper per phase: DDP registers the trainable parameters),
+        compiled when ``attack_model`` is."""
+        ddp = wrap(model, device)
+        return ddp if attack_model is model else torch.compile(ddp)
+
+    @contextlib.contextmanager
+    def synced_batchnorm(self, model: nn.Module, device: torch.device) -> Iterator[None]:
+        synced = sync_batchnorm(model, device)
+        try:
+            yield
+        finally:
+            if synced:
+                revert_batchnorm(model)
+
+    def augment(self, augment: Callable[..., torch.Tensor], x: torch.Tensor, share: Share, data: Any,
+                generator: torch.Generator) -> torch.Tensor:
+        """Augment the share ``x`` exactly as one process augments these rows of the global batch.
+
+        robsal's :class:`~robsal.data.Augmenter` draws the parameters of the whole global batch
+        (the generator advances as in one process) and applies this share's slice. Any other
+        augment callable is applied to the whole global batch, of which the share is kept
+        (same result, more work).
+        """
+        sample, transform = getattr(augment, "sample", None), getattr(augment, "transform", None)
+        cfg = getattr(augment, "cfg", None)
+        lo, hi = share.lo, share.hi
+        if callable(sample) and callable(transform) and cfg is not None:
+            if not cfg.enabled:  # Augmenter returns its input unchanged and draws nothing
+                return x
+            p = sample(len(share.batch), generator)
+            if hi == lo:  # an empty share: the draw above keeps the generator in step
+                return x
+            local = type(p)(**{f.name: getattr(p, f.name)[lo:hi] for f in dataclasses.fields(p)})
+            return transform(x, local)[0]
+        xg, _ = data.batch(share.batch, x.device)
+        return augment(xg, generator=generator)[lo:hi]
+
+    def attack(self, adversary: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, share: Share,
+               generator: torch.Generator) -> torch.Tensor:
+        """PGD on the share from its slice of the random starts one process draws for the global batch."""
+        starts = adversary.draw_start((len(share.batch), *x.shape[1:]), generator, x.device)
+        return adversary(model, x, y, start=None if starts is None else starts[share.lo : share.hi])
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, share: Share) -> tuple[torch.Tensor, torch.Tensor]:
+        share_sum = F.cross_entropy(logits, y, reduction="sum")
+        return share_sum * loss_scale(len(share.batch), self.world), share_sum.detach()
+
+    def reduce(self, sums: EpochSums, n_batches: int) -> EpochSums:
+        """Sum the epoch's loss and hits over the processes; the earliest non-finite batch of any of them."""
+        dev = sums.loss.device
+        per_rank = torch.zeros(self.world, 4, dtype=torch.float64, device=dev)  # (W, [loss, hits, bad batch, value])
+        bad = torch.where(sums.first_bad >= 0, sums.first_bad, torch.full_like(sums.first_bad, n_batches))
+        per_rank[self.rank] = torch.stack(
+            [sums.loss.double(), sums.correct.double(), bad.double(), sums.bad_value.double()])
+        per_rank = all_sum(per_rank)
+        k = int(per_rank[:, 2].argmin())
+        earliest = int(per_rank[k, 2])
+        return EpochSums(
+            loss=per_rank[:, 0].sum().float(),
+            correct=per_rank[:, 1].sum().long(),
+            first_bad=torch.full((), earliest if earliest < n_batches else -1, dtype=torch.long),
+            bad_value=per_rank[k, 3].float(),
+        )
 
 
-def revert_batchnorm(model: nn.Module) -> int:
-    """Undo :func:`sync_batchnorm`: the original BatchNorm classes, same parameters and buffers."""
-    n = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            original = getattr(child, "_robsal_original", None)
-            if isinstance(child, _BatchNorm) and original is not None:
-                setattr(parent, name, _swap(child, original))
-                n += 1
-    return n
+def strategy() -> OneProcess:
+    """The sharding strategy of this process: data-parallel inside a process group of several, else one process."""
+    return DataParallel(world_size(), rank()) if active() else OneProcess()
+
+
+def strategy_of(model: nn.Module) -> OneProcess:
+    """The sharding strategy of ``model``: data-parallel when it holds a DDP wrapper of several processes."""
+    world, r = world_and_rank(model)
+    return DataParallel(world, r) if world > 1 else OneProcess()

@@ -19,9 +19,12 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from robsal.errors import ConfigError, DataError
 from robsal.training.loop import Adversary, attack_radius, autocast, show_progress
+from robsal.utils import module_mode
 
 
 def eps_key(eps: float) -> str:
@@ -45,14 +48,12 @@ def predict(
     amp: bool = False,
 ) -> np.ndarray:
     """Predicted class (N,) int64 of the rows ``idx`` (model in eval mode; its mode is restored)."""
-    was_training = model.training
-    model.eval()
     out = []
-    for b in _batches(np.asarray(idx), batch_size):
-        x, _ = data.batch(b, device)
-        with autocast(device, amp):
-            out.append(model(x).argmax(1).cpu())
-    model.train(was_training)
+    with module_mode(model, training=False):
+        for b in _batches(np.asarray(idx), batch_size):
+            x, _ = data.batch(b, device)
+            with autocast(device, amp):
+                out.append(model(x).argmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
@@ -62,6 +63,18 @@ def accuracy(model: nn.Module, data, idx: np.ndarray, *, device: torch.device, b
     if len(idx) == 0:
         raise ValueError("accuracy of an empty set of images")
     return float((predict(model, data, idx, device=device, batch_size=batch_size) == data.labels[idx]).mean())
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, data, idx: np.ndarray, *, device: torch.device, batch_size: int = 128) -> float:
+    """Mean cross-entropy on the rows ``idx`` (eval mode; the model's mode is restored)."""
+    total, n = 0.0, 0
+    with module_mode(model, training=False):
+        for b in _batches(np.asarray(idx), batch_size):
+            x, y = data.batch(b, device)
+            total += float(F.cross_entropy(model(x).float(), y, reduction="sum"))
+            n += len(y)
+    return total / max(n, 1)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
@@ -114,11 +127,8 @@ def robust_accuracy(
         for key, radius in order:
             adv = Adversary(radius, norm, steps, 2.5 * radius / steps, random_start)
             x_adv = adv(model, x, y, generator=gen)
-            with torch.no_grad():
-                was_training = model.training
-                model.eval()
+            with torch.no_grad(), module_mode(model, training=False):
                 ok = model(x_adv).argmax(1) == y
-                model.train(was_training)
             still &= ok
             robust[key].append(still.clone().cpu())
             bar.update(len(b))
@@ -145,25 +155,21 @@ def autoattack_accuracy(
     try:
         from autoattack import AutoAttack  # type: ignore[import-not-found]
     except ImportError:
-        from robsal.errors import ConfigError
-
         raise ConfigError(
             "robustness.autoattack: the autoattack package is not installed; "
             "pip install git+https://github.com/fra31/auto-attack or set robustness.autoattack=false"
         ) from None
-    was_training = model.training
-    model.eval()
     x, y = data.batch(np.asarray(idx), device)
     out = {}
-    for key, radius in sorted(eps.items(), key=lambda kv: kv[1]):
-        attack = AutoAttack(
-            model, norm="L2" if norm == "l2" else "Linf", eps=radius, version="custom",
-            attacks_to_run=["apgd-ce", "apgd-dlr", "square"], seed=seed, device=str(device), verbose=False,
-        )
-        adv = attack.run_standard_evaluation(x, y, bs=batch_size)
-        with torch.no_grad():
-            out[key] = float((model(adv).argmax(1) == y).float().mean())
-    model.train(was_training)
+    with module_mode(model, training=False):
+        for key, radius in sorted(eps.items(), key=lambda kv: kv[1]):
+            attack = AutoAttack(
+                model, norm="L2" if norm == "l2" else "Linf", eps=radius, version="custom",
+                attacks_to_run=["apgd-ce", "apgd-dlr", "square"], seed=seed, device=str(device), verbose=False,
+            )
+            adv = attack.run_standard_evaluation(x, y, bs=batch_size)
+            with torch.no_grad():
+                out[key] = float((model(adv).argmax(1) == y).float().mean())
     return out
 
 
@@ -189,8 +195,6 @@ def evaluate_model(
     """
     idx = data.indices("test") if idx is None else np.asarray(idx)
     if len(idx) == 0:
-        from robsal.errors import DataError
-
         raise DataError("the run has no test images to evaluate on; check data.test_per_class")
     bs = cfg.train.eval_batch_size
     y_pred = predict(model, data, idx, device=device, batch_size=bs)

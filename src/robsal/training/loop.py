@@ -18,11 +18,14 @@ augmentation and attack start on the device), so
 A non-finite training loss stops the epoch with :class:`NonFiniteLoss` (a user error:
 the learning rate or the data need changing); the epoch is not kept.
 
-Data-parallel training (``torchrun``; :mod:`robsal.training.distributed`): when ``model``
-is a ``DistributedDataParallel`` wrapper, every process walks through the same global
-batches, keeps its contiguous share of each, draws the augmentation parameters and PGD
-starts of the whole global batch (so the generators advance exactly as in one process) and
-keeps its slice, and scales its summed loss so that DDP's gradient average is the mean
+Data-parallel training (``torchrun``; :mod:`robsal.training.distributed`): the epoch walks
+through its batches with a sharding strategy (:func:`robsal.training.distributed.strategy_of`).
+For a plain module it is :class:`~robsal.training.distributed.OneProcess` (every batch is
+all this process's); when ``model`` is a ``DistributedDataParallel`` wrapper it is
+:class:`~robsal.training.distributed.DataParallel`: every process walks through the same
+global batches, keeps its contiguous share of each, draws the augmentation parameters and
+PGD starts of the whole global batch (so the generators advance exactly as in one process)
+and keeps its slice, and scales its summed loss so that DDP's gradient average is the mean
 over the global batch. One process with the same ``batch_size`` gives the same weights up
 to floating-point order.
 
@@ -33,7 +36,6 @@ to floating-point order.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import sys
@@ -44,11 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from robsal.attacks import pgd
 from robsal.attacks.pgd import random_start_delta
+from robsal.data import Augmenter
 from robsal.errors import ConfigError, UserError
 from robsal.training import distributed
 
@@ -163,151 +165,86 @@ def train_epoch(
     frozen_bn_eval: bool = False,
     attack_model: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` for one pass over ``train_idx`` (shuffled by ``(seed, epoch)``).
+    """Train ``model`` for one pass over ``train_idx`` (shuffled by ``(seed, epoch)``; the last partial batch kept).
 
     Returns ``train_loss`` (mean cross-entropy of the inputs trained on), ``batch_accuracy``
     (accuracy on those inputs: clean+augmented for standard training, adversarial for
-    adversarial training), ``epoch_seconds`` and ``images_per_second``.
-    The last partial batch is kept (the paper's data are 2400 images; nothing is dropped).
-    ``frozen_bn_eval``: BatchNorm layers whose parameters are all frozen stay in eval mode
-    (their running statistics do not drift); used by layer-group fine-tuning (Appendix D).
-    The paper's phase 1 (and the original code) let them update, so the default is False.
-
-    ``model`` may be a ``DistributedDataParallel`` wrapper (possibly compiled): this process
-    then trains on its share of every global batch of ``batch_size`` (see the module
-    docstring); the returned numbers are those of the global batches. ``attack_model``: the
-    module PGD runs on (default: ``model`` without its DDP wrapper; the attack runs on the
-    local share in eval mode and needs no communication); ``fit`` passes the compiled
-    module when ``train.compile`` is on.
+    adversarial training), ``epoch_seconds`` and ``images_per_second``. ``frozen_bn_eval``:
+    BatchNorm layers whose parameters are all frozen stay in eval mode (fine-tuning, Appendix
+    D; the paper's phase 1 lets them update, hence the default False). ``model`` may be a
+    (compiled) DDP wrapper: this process then trains on its share of every global batch (see
+    the module docstring) and the numbers are those of the global batches. ``attack_model``:
+    the module PGD runs on (default: ``model`` without a DDP wrapper; ``fit`` passes the
+    compiled module when ``train.compile`` is on).
     """
-    order_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
-    aug_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 1))  # Augmenter samples on the CPU
-    adv_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 2))
+    order_gen, aug_gen, adv_gen = _generators(seed, epoch, device)
     perm = np.asarray(train_idx)[torch.randperm(len(train_idx), generator=order_gen).numpy()]
-    world, rank = distributed.world_and_rank(model)
-    sharded = world > 1
+    shard = distributed.strategy_of(model)  # one process, or this process's share of each batch
     if attack_model is None:
-        attack_model = distributed.unwrap(model) if sharded else model
+        attack_model = shard.attack_module(model)
     model.train()
     if frozen_bn_eval:
         freeze_bn_statistics(model)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
     n_batches = (len(perm) + batch_size - 1) // batch_size
     # NaN/inf guard. On the CPU the loss is checked before every update (reading a CPU
     # scalar costs nothing). On an accelerator, reading it would be a host-device sync per
     # batch that drains the queue of (PGD) kernels; instead the index and value of the first
     # bad batch are kept on the device and read once, at the end-of-epoch sync that exists
     # anyway. The epoch is discarded either way (nothing is checkpointed after a bad batch),
-    # so checking late loses no good state.
-    # Data-parallel: a process that stopped alone would leave the others waiting in the next
-    # collective, so the check is deferred and made on the first bad batch of any process.
-    on_host = device.type in HOST_CHECKED and not sharded
-    first_bad = None if on_host else torch.full((), -1, device=device, dtype=torch.long)
-    bad_value = None if on_host else torch.zeros((), device=device)
+    # so checking late loses no good state. Data-parallel processes always check late
+    # (see OneProcess.checks_each_batch).
+    on_host = device.type in HOST_CHECKED and shard.checks_each_batch
+    sums = distributed.EpochSums.zeros(device, track_bad=not on_host)
     bar = tqdm(total=len(perm), desc=desc, unit="img", leave=False, disable=not show_progress(progress))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = _clock(device)
     for b in range(n_batches):
-        idx = perm[b * batch_size : (b + 1) * batch_size]
-        if sharded:
-            gidx, (lo, hi) = idx, distributed.shard_bounds(len(idx), world, rank)
-            idx = gidx[lo:hi]  # this process's share of the global batch gidx
-        x, y = data.batch(idx, device)  # (B, 3, S, S) float [0, 1], (B,) int64
+        share = shard.share(perm[b * batch_size : (b + 1) * batch_size])
+        x, y = data.batch(share.idx, device)  # (B, 3, S, S) float [0, 1], (B,) int64
         if augment is not None:
-            if not sharded:
-                x = augment(x, generator=aug_gen)
-            else:
-                x = _augment_share(augment, x, data, gidx, lo, hi, aug_gen, device)
+            x = shard.augment(augment, x, share, data, aug_gen)
         with autocast(device, amp):
             if adversary is not None and adversary.eps > 0:
-                if not sharded:
-                    x = adversary(attack_model, x, y, generator=adv_gen)  # model is back in train mode after
-                else:  # the starts of the whole global batch (as one process draws them), this share's slice
-                    starts = adversary.draw_start((len(gidx), *x.shape[1:]), adv_gen, device)
-                    x = adversary(attack_model, x, y, start=None if starts is None else starts[lo:hi])
+                x = shard.attack(adversary, attack_model, x, y, share, adv_gen)
             logits = model(x)  # (B, K)
-            if not sharded:
-                loss = F.cross_entropy(logits.float(), y)
-            else:  # summed over the share, scaled so that DDP's average is the global batch mean
-                share_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-                loss = share_sum * distributed.loss_scale(len(gidx), world)
-        if on_host:
-            if not bool(torch.isfinite(loss.detach())):
-                bar.close()
-                raise NonFiniteLoss.at(epoch, b + 1, n_batches, float(loss.detach()))
-        else:
-            bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
-            first_bad = torch.where(bad, torch.full_like(first_bad, b), first_bad)
-            bad_value = torch.where(bad, loss.detach().float(), bad_value)
+            loss, summed = shard.loss(logits.float(), y, share)
+        if on_host and not bool(torch.isfinite(loss.detach())):
+            bar.close()
+            raise NonFiniteLoss.at(epoch, b + 1, n_batches, float(loss.detach()))
+        sums.note_finite(b, loss.detach())  # without a host check: the first bad batch, on the device
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # accumulate on the device: no host sync inside the loop
-        loss_sum += share_sum.detach() if sharded else loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == y).sum()
-        bar.update(len(gidx) if sharded else len(idx))
-    if sharded:  # global sums, and the first bad batch of any process (one collective per epoch)
-        first_bad, bad_value, loss_sum, correct = _reduce_epoch(
-            first_bad, bad_value, loss_sum, correct, n_batches, world, rank)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+        sums.loss += summed
+        sums.correct += (logits.detach().argmax(1) == y).sum()
+        bar.update(len(share.batch))
+    sums = shard.reduce(sums, n_batches)  # over the processes (one collective per epoch)
+    seconds = _clock(device) - start
     bar.close()
-    if first_bad is not None and int(first_bad) >= 0:
-        raise NonFiniteLoss.at(epoch, int(first_bad) + 1, n_batches, float(bad_value))
+    if sums.first_bad is not None and int(sums.first_bad) >= 0:
+        raise NonFiniteLoss.at(epoch, int(sums.first_bad) + 1, n_batches, float(sums.bad_value))
     n = max(len(perm), 1)
     return {
-        "train_loss": float(loss_sum) / n,
-        "batch_accuracy": float(correct) / n,
+        "train_loss": float(sums.loss) / n,
+        "batch_accuracy": float(sums.correct) / n,
         "epoch_seconds": seconds,
         "images_per_second": len(perm) / max(seconds, 1e-9),
     }
 
 
-def _augment_share(
-    augment: Augment, x: torch.Tensor, data, gidx: np.ndarray, lo: int, hi: int,
-    generator: torch.Generator, device: torch.device,
-) -> torch.Tensor:
-    """Augment the share ``x`` = rows ``lo:hi`` of the global batch ``gidx`` exactly as one process would.
-
-    robsal's :class:`~robsal.data.Augmenter` draws the parameters of the whole global batch
-    (the generator advances as in one process) and applies this share's slice. Any other
-    augment callable is applied to the whole global batch, of which the share is kept
-    (same result, more work).
-    """
-    sample, transform = getattr(augment, "sample", None), getattr(augment, "transform", None)
-    cfg = getattr(augment, "cfg", None)
-    if callable(sample) and callable(transform) and cfg is not None:
-        if not cfg.enabled:  # Augmenter returns its input unchanged and draws nothing
-            return x
-        p = sample(len(gidx), generator)
-        if hi == lo:  # an empty share: the draw above keeps the generator in step
-            return x
-        local = type(p)(**{f.name: getattr(p, f.name)[lo:hi] for f in dataclasses.fields(p)})
-        return transform(x, local)[0]
-    xg, _ = data.batch(gidx, device)
-    return augment(xg, generator=generator)[lo:hi]
+def _generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, ...]:
+    """The epoch's generators: data order and augmentation on the CPU, attack starts on ``device``."""
+    order_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
+    aug_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 1))  # Augmenter samples on the CPU
+    adv_gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, 2))
+    return order_gen, aug_gen, adv_gen
 
 
-def _reduce_epoch(
-    first_bad: torch.Tensor, bad_value: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor,
-    n_batches: int, w: int, r: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sum the epoch's loss and hits over the ``w`` processes; the earliest non-finite batch of any of them."""
-    per_rank = torch.zeros(w, 4, dtype=torch.float64, device=loss_sum.device)  # (W, [loss, hits, bad batch, value])
-    bad = torch.where(first_bad >= 0, first_bad, torch.full_like(first_bad, n_batches))
-    per_rank[r] = torch.stack([loss_sum.double(), correct.double(), bad.double(), bad_value.double()])
-    per_rank = distributed.all_sum(per_rank)
-    k = int(per_rank[:, 2].argmin())
-    earliest = int(per_rank[k, 2])
-    return (
-        torch.full((), earliest if earliest < n_batches else -1, dtype=torch.long),
-        per_rank[k, 3].float(),
-        per_rank[:, 0].sum().float(),
-        per_rank[:, 1].sum().long(),
-    )
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def freeze_bn_statistics(model: nn.Module) -> int:
@@ -329,9 +266,5 @@ def freeze_bn_statistics(model: nn.Module) -> int:
 def make_augment(augment_cfg) -> Augment | None:  # augment_cfg: robsal.config.AugmentConfig
     """The data layer's batched augmenter (Appendix A augmentations), or None when disabled."""
     if not augment_cfg.enabled:
-        return None
-    try:
-        from robsal.data import Augmenter  # type: ignore[attr-defined]
-    except ImportError:  # the data layer ships it; without it training runs unaugmented
         return None
     return Augmenter(augment_cfg)

@@ -17,6 +17,7 @@ from torch import nn
 
 from robsal.config import PhaseConfig
 from robsal.errors import ConfigError
+from robsal.models.build import RobsalClassifier, group_parameters
 
 
 def head_of(model: nn.Module) -> nn.Module:
@@ -25,8 +26,6 @@ def head_of(model: nn.Module) -> nn.Module:
     Looks for ``model.head()`` (RobsalClassifier), then an attribute ``fc``,
     ``classifier``, ``head`` or ``heads`` on the model or on ``model.net``.
     """
-    from robsal.models.build import RobsalClassifier
-
     if isinstance(model, RobsalClassifier):
         return model.head()
     for owner in (model, getattr(model, "net", None)):
@@ -42,8 +41,19 @@ def head_of(model: nn.Module) -> nn.Module:
     )
 
 
-def set_trainable(model: nn.Module, which: str) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for a phase (``head`` or ``all``); returns the trainable parameters."""
+def set_trainable(model: nn.Module, which: str | Sequence[int]) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for a phase; returns the trainable parameters.
+
+    ``which``: ``head``, ``all``, or layer groups (e.g. ``(4, 5)``: fine-tuning, Appendix D;
+    :data:`robsal.models.build.RESNET_GROUPS`), whose parameters are returned in the model's order.
+    """
+    if not isinstance(which, str):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = [p for _, p in group_parameters(model, list(which))]
+        for p in params:
+            p.requires_grad_(True)
+        return params
     if which not in ("head", "all"):
         raise ConfigError(f"trainable must be 'head' or 'all', got {which!r}")
     if which == "all":

@@ -39,14 +39,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from robsal import signals
-from robsal.config import Config, ModelSpec, PhaseConfig
+from robsal.config import Config, ModelSpec
+from robsal.data import load_run_data, prepare
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, clean_temporaries, read_json, write_text
+from robsal.models import build_model
 from robsal.rundir import fingerprint, is_complete
 from robsal.training import distributed
 from robsal.training.checkpoint import (
@@ -60,20 +61,12 @@ from robsal.training.checkpoint import (
     restore_optimizer,
     save_training_state,
 )
-from robsal.training.evaluate import accuracy, evaluate_model
-from robsal.training.loop import (
-    Adversary,
-    Augment,
-    NonFiniteLoss,
-    attack_radius,
-    compile_model,
-    make_augment,
-    train_epoch,
-)
+from robsal.training.evaluate import accuracy, evaluate_model, mean_loss
+from robsal.training.loop import Adversary, NonFiniteLoss, attack_radius, compile_model, make_augment, train_epoch
 from robsal.training.phases import make_optimizer, make_scheduler, set_trainable
+from robsal.training.plan import Phase, TrainPlan, train_accuracy_subset
+from robsal.training.stopping import StopPolicy
 from robsal.utils import git_commit, resolve_device, seed_everything
-
-TRAIN_ACCURACY_IMAGES = 256  # clean train accuracy per epoch is measured on this many train images
 
 
 def adversary_for(cfg: Config, eps: float) -> Adversary | None:
@@ -90,173 +83,186 @@ def adversary_for(cfg: Config, eps: float) -> Adversary | None:
     )
 
 
-def fit(
-    model: nn.Module,
-    data,  # robsal.data.PreparedData
-    train_idx: np.ndarray,
-    phases: list[tuple[str, PhaseConfig]],
-    *,
-    cfg: Config,
-    seed: int,
-    device: torch.device,
-    adversary: Adversary | None = None,
-    augment: Augment | None = None,
-    val_idx: np.ndarray | None = None,
-    train_eval_idx: np.ndarray | None = None,
-    start_epoch: int = 0,
-    history_path: Path | None = None,
-    progress: bool = True,
-    name: str = "",
-    tb_writer: Any = None,
-    frozen_bn_eval: bool = False,
-    checkpoint_dir: Path | None = None,
-    fingerprint: str = "",
-) -> list[dict[str, Any]]:
-    """Train ``model`` through ``phases`` in order; returns (and appends to ``history_path``) one record per epoch.
+def fit(model: nn.Module, data, plan: TrainPlan, *, stop: StopPolicy | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` on ``data`` (a robsal.data.PreparedData) as ``plan`` says; returns one record per epoch.
 
-    ``start_epoch`` is the number of epochs already trained (global epoch numbering,
-    which also seeds the data order: see :mod:`robsal.training.loop`).
-    ``frozen_bn_eval``: keep BatchNorm layers with frozen parameters in eval mode
-    (see :func:`robsal.training.loop.train_epoch`).
+    The phases of the plan run in order; global epochs are counted from ``plan.start_epoch``
+    (the number of epochs already trained, which also seeds the data order: see
+    :mod:`robsal.training.loop`). Each record is appended to ``plan.history_path``.
 
-    ``checkpoint_dir``: the full training state is checkpointed there after every epoch
+    ``plan.checkpoint_dir``: the full training state is checkpointed there after every epoch
     (:mod:`robsal.training.checkpoint`), and training resumes from the checkpoint found
-    there when its ``fingerprint``, phase plan and ``start_epoch`` match: finished epochs
+    there when its ``plan.fingerprint``, phase plan and ``start_epoch`` match: finished epochs
     are skipped, their history records come from the checkpoint, and ``history_path`` is
     rewritten to hold exactly them (emptied when there is nothing to resume). Because data
     order, augmentation and attack starts depend only on (seed, epoch), the resumed run ends
     with the same weights as an uninterrupted one. A NaN/inf loss raises
-    :class:`~robsal.training.loop.NonFiniteLoss` naming ``name``, the epoch and the batch;
+    :class:`~robsal.training.loop.NonFiniteLoss` naming ``plan.name``, the epoch and the batch;
     the last checkpoint stays as it was.
+
+    ``stop`` (:mod:`robsal.training.stopping`, e.g. :class:`~robsal.training.stopping.Plateau`):
+    after every epoch the mean validation loss on ``plan.val_idx`` goes to the policy, whose
+    event ends training when it is ``"stop"``; the records then carry ``val_loss`` and
+    ``event``. A policy's state is not checkpointed, so it cannot be combined with
+    ``checkpoint_dir``.
 
     Inside a process group of several processes (``torchrun``; :mod:`robsal.training.distributed`)
     the BatchNorm layers are synchronised while training, the model is wrapped in
     ``DistributedDataParallel`` for every phase and each process trains on its share of every
     global batch; rank 0 alone writes ``history_path``, the checkpoints, ``tb_writer`` and the
     progress lines, and every process resumes from the checkpoint rank 0 chose. Every
-    process returns the same history (timings aside). ``cfg.train.compile``: the forward pass used for
+    process returns the same history (timings aside). ``plan.compile``: the forward pass used for
     training and for the attack is ``torch.compile``d; ``model`` itself stays uncompiled.
+    The model ends with every parameter trainable, as built.
     """
-    main = distributed.is_main()
-    progress = progress and main
-    plan = [[phase_name, int(phase.epochs)] for phase_name, phase in phases]
-    resume = _resume_everywhere(checkpoint_dir, fingerprint, plan, start_epoch, name) if checkpoint_dir else None
-    history: list[dict[str, Any]] = list(resume.state["history"]) if resume is not None else []
-    if checkpoint_dir is not None and history_path is not None and main:
-        write_text(history_path, "".join(json.dumps(r) + "\n" for r in history))
-    if resume is not None:
-        restore_model(model, resume)
-        if progress:
-            print(f"{name or 'model'}: resuming after epoch {resume.epoch} from {resume.path}", flush=True)
-    saved_epoch = resume.epoch if resume is not None else None
-    synced = distributed.sync_batchnorm(model, device) if distributed.active() else 0
-    try:
-        _train_phases(
-            model, data, train_idx, phases, plan, resume, history, cfg=cfg, seed=seed, device=device,
-            adversary=adversary, augment=augment, val_idx=val_idx, train_eval_idx=train_eval_idx,
-            start_epoch=start_epoch, history_path=history_path, progress=progress, name=name, tb_writer=tb_writer,
-            frozen_bn_eval=frozen_bn_eval, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
-            saved_epoch=saved_epoch,
-        )
-    finally:
-        if synced:
-            distributed.revert_batchnorm(model)
+    if stop is not None and plan.checkpoint_dir is not None:
+        raise ValueError("fit: a stop policy's state is not checkpointed; give either stop or checkpoint_dir")
+    if stop is not None and (plan.val_idx is None or len(plan.val_idx) == 0):
+        raise ValueError("fit: a stop policy needs validation rows (plan.val_idx)")
+    run = _Fit(model, data, plan, stop)
+    strategy = distributed.strategy()
+    with strategy.synced_batchnorm(model, plan.device):
+        run.train(strategy)
+    if stop is not None:
+        stop.finish(model)
     for p in model.parameters():  # leave the model fully trainable, as built
         p.requires_grad_(True)
-    return history
+    return run.history
 
 
-def _train_phases(
-    model: nn.Module, data, train_idx: np.ndarray, phases: list[tuple[str, PhaseConfig]], plan: list[list[Any]],
-    resume: Checkpoint | None, history: list[dict[str, Any]], *, cfg: Config, seed: int, device: torch.device,
-    adversary: Adversary | None, augment: Augment | None, val_idx: np.ndarray | None,
-    train_eval_idx: np.ndarray | None, start_epoch: int, history_path: Path | None, progress: bool, name: str,
-    tb_writer: Any, frozen_bn_eval: bool, checkpoint_dir: Path | None, fingerprint: str, saved_epoch: int | None,
-) -> None:
-    """The epochs of :func:`fit` (appends to ``history``)."""
-    main = distributed.is_main()
-    # the forward pass of the attack (and of training in one process); see compile_model
-    attack_model = compile_model(model, device) if cfg.train.compile else model
-    epoch = start_epoch
-    for phase_index, (phase_name, phase) in enumerate(phases):
-        if phase.epochs == 0:
-            continue
-        done = 0
-        if resume is not None:
-            if phase_index < resume.state["phase_index"]:
-                epoch += phase.epochs
+class _Fit:
+    """The state of one :func:`fit`: the resumed checkpoint, the history, the global epoch."""
+
+    def __init__(self, model: nn.Module, data, plan: TrainPlan, stop: StopPolicy | None) -> None:
+        self.model, self.data, self.plan, self.stop = model, data, plan, stop
+        self.main = distributed.is_main()
+        self.resume = (_resume_everywhere(plan.checkpoint_dir, plan.fingerprint, plan.phase_plan, plan.start_epoch,
+                                          plan.name) if plan.checkpoint_dir else None)
+        self.history: list[dict[str, Any]] = list(self.resume.state["history"]) if self.resume is not None else []
+        if plan.checkpoint_dir is not None and plan.history_path is not None and self.main:
+            write_text(plan.history_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.resume is not None:
+            restore_model(model, self.resume)
+            if plan.shows_progress:
+                print(f"{plan.name or 'model'}: resuming after epoch {self.resume.epoch} from {self.resume.path}",
+                      flush=True)
+        self.saved_epoch = self.resume.epoch if self.resume is not None else None
+        self.epoch = plan.start_epoch
+        if stop is not None:
+            stop.start(model)
+
+    def train(self, strategy: distributed.OneProcess) -> None:
+        """The phases, epoch by epoch (appends to ``history``)."""
+        plan, model = self.plan, self.model
+        # the forward pass of the attack (and of training in one process); see compile_model
+        attack_model = compile_model(model, plan.device) if plan.compile else model
+        for index, phase in enumerate(plan.phases):
+            done = self._epochs_done(index, phase)
+            if done is None:
                 continue
-            if phase_index == resume.state["phase_index"]:
-                done = int(resume.state["phase_epoch"])
-        params = set_trainable(model, phase.trainable)
-        train_model = attack_model
-        if distributed.active():  # DDP registers the trainable parameters: one wrapper per phase
-            ddp = distributed.wrap(model, device)
-            train_model = compile_model(ddp, device) if cfg.train.compile else ddp
-        optimizer = make_optimizer(params, phase, cfg.train.betas, cfg.train.weight_decay)
-        scheduler = make_scheduler(optimizer, phase)
-        if done:
-            restore_optimizer(optimizer, scheduler, resume)
-            epoch += done
-        for phase_epoch in range(done + 1, phase.epochs + 1):
-            epoch += 1
-            lr = optimizer.param_groups[0]["lr"]
-            try:
-                stats = train_epoch(
-                    train_model, data, train_idx, optimizer,
-                    batch_size=phase.batch_size, seed=seed, epoch=epoch, device=device,
-                    adversary=adversary, augment=augment, amp=cfg.train.amp, progress=progress,
-                    desc=f"{name} {phase_name} {phase_epoch}/{phase.epochs}".strip(),
-                    frozen_bn_eval=frozen_bn_eval, attack_model=attack_model,
-                )
-            except NonFiniteLoss as exc:
-                kept = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint_dir}"
-                        if saved_epoch is not None else "no epoch finished, nothing was saved")
-                raise NonFiniteLoss(
-                    f"{name or 'model'}: {exc} ({phase_name} epoch {phase_epoch}/{phase.epochs}); {kept}; "
-                    f"lower train.{phase_name}.lr or check the training images",
-                    epoch=exc.epoch, batch=exc.batch, n_batches=exc.n_batches, value=exc.value,
-                ) from None
-            scheduler.step()
-            bs = cfg.train.eval_batch_size
-            rec: dict[str, Any] = {
-                "epoch": epoch,
-                "phase": phase_name,
-                "phase_epoch": phase_epoch,
-                "lr": lr,
-                "batch_size": phase.batch_size,
-                "train_loss": stats["train_loss"],
-                # clean accuracy (eval mode, no augmentation) on a fixed subset of the train split
-                "train_accuracy": accuracy(model, data, train_eval_idx, device=device, batch_size=bs)
-                if train_eval_idx is not None and len(train_eval_idx) else None,
-                # accuracy on the adversarial inputs the update was computed on (robust models)
-                "adv_train_accuracy": stats["batch_accuracy"] if adversary is not None else None,
-                "val_accuracy": accuracy(model, data, val_idx, device=device, batch_size=bs)
-                if val_idx is not None and len(val_idx) else None,
-                "epoch_seconds": stats["epoch_seconds"],
-                "images_per_second": stats["images_per_second"],
-            }
-            if adversary is None:
-                rec["batch_accuracy"] = stats["batch_accuracy"]  # clean augmented training batches
-            history.append(rec)
-            if history_path is not None and main:
-                append_jsonl(history_path, rec)
-            if checkpoint_dir is not None:  # rank 0 writes, the other processes wait for it
-                distributed.on_main(lambda: save_training_state(
-                    checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                    position={"epoch": epoch, "phase_index": phase_index, "phase": phase_name,
-                              "phase_epoch": phase_epoch, "plan": plan, "start_epoch": start_epoch},
-                    history=history, fingerprint=fingerprint,
-                ))
-                saved_epoch = epoch
-            if tb_writer is not None and main:
-                for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy", "images_per_second"):
-                    if rec[k] is not None:
-                        tb_writer.add_scalar(k, rec[k], epoch)
-            if progress:  # one line per epoch, also in logs (bars only on terminals)
-                shown = {k: rec[k] for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy")}
-                print(f"{name} epoch {epoch} ({phase_name}): " + ", ".join(
-                    f"{k}={v:.3f}" for k, v in shown.items() if v is not None), flush=True)
+            params = set_trainable(model, phase.trains)
+            train_model = strategy.wrap(model, plan.device, attack_model)
+            optimizer = make_optimizer(params, phase.config, plan.betas, plan.weight_decay)
+            scheduler = make_scheduler(optimizer, phase.config)
+            if done:
+                restore_optimizer(optimizer, scheduler, self.resume)
+                self.epoch += done
+            for phase_epoch in range(done + 1, phase.epochs + 1):
+                self.epoch += 1
+                lr = optimizer.param_groups[0]["lr"]
+                stats = self._train_epoch(train_model, attack_model, optimizer, phase, phase_epoch)
+                scheduler.step()
+                rec = self._record(phase, phase_epoch, lr, stats)
+                if self.stop is not None:
+                    rec["val_loss"] = mean_loss(model, self.data, plan.val_idx, device=plan.device,
+                                                batch_size=plan.eval_batch_size)
+                    rec["event"] = self.stop.after_epoch(self.epoch, rec["val_loss"], model, optimizer)
+                self._keep(rec, index, phase, phase_epoch, optimizer, scheduler)
+                if rec.get("event") == "stop":
+                    return
+
+    def _epochs_done(self, index: int, phase: Phase) -> int | None:
+        """Epochs of this phase the resumed checkpoint holds; None to skip the phase (empty or finished)."""
+        if phase.epochs == 0:
+            return None
+        if self.resume is None or index > self.resume.state["phase_index"]:
+            return 0
+        if index < self.resume.state["phase_index"]:
+            self.epoch += phase.epochs
+            return None
+        return int(self.resume.state["phase_epoch"])
+
+    def _train_epoch(self, train_model: nn.Module, attack_model: nn.Module, optimizer: torch.optim.Optimizer,
+                     phase: Phase, phase_epoch: int) -> dict[str, float]:
+        plan = self.plan
+        try:
+            return train_epoch(
+                train_model, self.data, plan.train_idx, optimizer,
+                batch_size=phase.batch_size, seed=plan.seed, epoch=self.epoch, device=plan.device,
+                adversary=plan.adversary, augment=plan.augment, amp=plan.amp, progress=plan.shows_progress,
+                desc=f"{plan.name} {phase.name} {phase_epoch}/{phase.epochs}".strip(),
+                frozen_bn_eval=plan.frozen_bn_eval, attack_model=attack_model,
+            )
+        except NonFiniteLoss as exc:
+            kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept in {plan.checkpoint_dir}"
+                    if self.saved_epoch is not None else "no epoch finished, nothing was saved")
+            raise NonFiniteLoss(
+                f"{plan.name or 'model'}: {exc} ({phase.name} epoch {phase_epoch}/{phase.epochs}); {kept}; "
+                f"lower {phase.lr_setting} or check the training images",
+                epoch=exc.epoch, batch=exc.batch, n_batches=exc.n_batches, value=exc.value,
+            ) from None
+
+    def _record(self, phase: Phase, phase_epoch: int, lr: float, stats: dict[str, float]) -> dict[str, Any]:
+        """The history record of the epoch just trained (clean accuracies measured now)."""
+        plan, model = self.plan, self.model
+        bs = plan.eval_batch_size
+        rec: dict[str, Any] = {
+            "epoch": self.epoch,
+            "phase": phase.name,
+            "phase_epoch": phase_epoch,
+            "lr": lr,
+            "batch_size": phase.batch_size,
+            "train_loss": stats["train_loss"],
+            # clean accuracy (eval mode, no augmentation) on a fixed subset of the train split
+            "train_accuracy": accuracy(model, self.data, plan.train_eval_idx, device=plan.device, batch_size=bs)
+            if plan.train_eval_idx is not None and len(plan.train_eval_idx) else None,
+            # accuracy on the adversarial inputs the update was computed on (robust models)
+            "adv_train_accuracy": stats["batch_accuracy"] if plan.adversary is not None else None,
+            "val_accuracy": accuracy(model, self.data, plan.val_idx, device=plan.device, batch_size=bs)
+            if plan.val_idx is not None and len(plan.val_idx) else None,
+            "epoch_seconds": stats["epoch_seconds"],
+            "images_per_second": stats["images_per_second"],
+        }
+        if plan.adversary is None:
+            rec["batch_accuracy"] = stats["batch_accuracy"]  # clean augmented training batches
+        return rec
+
+    def _keep(self, rec: dict[str, Any], index: int, phase: Phase, phase_epoch: int,
+              optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Append ``rec`` to the history (and its file), checkpoint, log to TensorBoard, print the epoch line."""
+        plan, epoch = self.plan, self.epoch
+        self.history.append(rec)
+        if plan.history_path is not None and self.main:
+            append_jsonl(plan.history_path, rec)
+        if plan.checkpoint_dir is not None:  # rank 0 writes, the other processes wait for it
+            position = {"epoch": epoch, "phase_index": index, "phase": phase.name, "phase_epoch": phase_epoch,
+                        "plan": plan.phase_plan, "start_epoch": plan.start_epoch}
+            distributed.on_main(lambda: save_training_state(
+                plan.checkpoint_dir, model=self.model, optimizer=optimizer, scheduler=scheduler,
+                position=position, history=self.history, fingerprint=plan.fingerprint,
+            ))
+            self.saved_epoch = epoch
+        if plan.tb_writer is not None and self.main:
+            for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy", "val_loss",
+                      "images_per_second"):
+                if rec.get(k) is not None:
+                    plan.tb_writer.add_scalar(k, rec[k], epoch)
+        if plan.shows_progress:  # one line per epoch, also in logs (bars only on terminals)
+            shown = {k: rec.get(k) for k in ("train_loss", "train_accuracy", "adv_train_accuracy", "val_accuracy",
+                                             "val_loss")}
+            event = f" ({rec['event']})" if "event" in rec else ""
+            print(f"{plan.name} epoch {epoch} ({phase.name}): " + ", ".join(
+                f"{k}={v:.3f}" for k, v in shown.items() if v is not None) + event, flush=True)
 
 
 def _resume_everywhere(
@@ -346,8 +352,6 @@ def train_one(
     Data-parallel (``torchrun``): every process trains and evaluates (same weights, same
     results); rank 0 writes the model directory while the others wait.
     """
-    from robsal.models import build_model
-
     seed = cfg.seed if spec.seed is None else spec.seed
     train_idx = data.indices("train")
     if len(train_idx) == 0:
@@ -359,7 +363,6 @@ def train_one(
     ).to(device)
     if cfg.train.channels_last and device.type == "cuda":  # faster convolutions on GPUs; CPU keeps NCHW
         model = model.to(memory_format=torch.channels_last)
-    history_path = model_dir / "history.jsonl"
     main = distributed.is_main()
 
     def make_dir() -> None:
@@ -367,19 +370,17 @@ def train_one(
         clean_temporaries(model_dir)  # left by a killed earlier attempt (the run lock is held)
 
     distributed.on_main(make_dir)
-    checkpoint_dir = model_dir / "checkpoint"
     fp = training_fingerprint(cfg, spec)
-    rng = np.random.default_rng(seed)
-    train_eval_idx = np.sort(rng.choice(train_idx, size=min(TRAIN_ACCURACY_IMAGES, len(train_idx)), replace=False))
     adversary = adversary_for(cfg, spec.eps)
     tb = _tensorboard(model_dir / "tensorboard") if main else None
-    start = time.perf_counter()
-    history = fit(
-        model, data, train_idx, [("phase1", cfg.train.phase1), ("phase2", cfg.train.phase2)],
-        cfg=cfg, seed=seed, device=device, adversary=adversary, augment=make_augment(cfg.augment),
-        val_idx=data.indices("val"), train_eval_idx=train_eval_idx, history_path=history_path,
-        progress=progress, name=spec.name, tb_writer=tb, checkpoint_dir=checkpoint_dir, fingerprint=fp,
+    plan = TrainPlan.from_config(
+        cfg, [("phase1", cfg.train.phase1), ("phase2", cfg.train.phase2)], train_idx, seed=seed, device=device,
+        adversary=adversary, augment=make_augment(cfg.augment), val_idx=data.indices("val"),
+        train_eval_idx=train_accuracy_subset(train_idx, seed), history_path=model_dir / "history.jsonl",
+        progress=progress, name=spec.name, tb_writer=tb, checkpoint_dir=model_dir / "checkpoint", fingerprint=fp,
     )
+    start = time.perf_counter()
+    history = fit(model, data, plan)
     train_seconds = time.perf_counter() - start
     if tb is not None:
         tb.close()
@@ -449,8 +450,6 @@ def train_models(
             distributed.main_lock(run_dir):  # one writer of the checkpoints (`robsal run` may hold it already)
         progress = progress and distributed.is_main()
         if data is None:
-            from robsal.data import load_run_data, prepare  # type: ignore[attr-defined]
-
             data = distributed.main_first(
                 lambda: load_run_data(run_dir) if (run_dir / "splits.csv").exists()
                 else prepare(cfg, run_dir, progress=progress)
