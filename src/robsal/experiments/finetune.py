@@ -38,7 +38,6 @@ to the run's metrics. Tables and figures: :mod:`robsal.experiments.finetune_repo
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,10 +52,9 @@ from robsal.config import Config, PhaseConfig, load_run_config
 from robsal.data import load_run_data
 from robsal.errors import CheckpointError, ConfigError, DataError
 from robsal.experiments.finetune_report import variant_label, write_outputs
-from robsal.io import read_json
 from robsal.models import load, save
 from robsal.models.build import RESNET_GROUPS
-from robsal.runs import RunLock
+from robsal.rundir import ModelRecord, RecordError, RunLock, fingerprint, is_complete
 from robsal.training import evaluate_model, fit
 from robsal.training.evaluate import mean_loss
 from robsal.training.loop import make_augment
@@ -208,21 +206,8 @@ def _file_digest(path: Path) -> str:
 
 
 def finetune_fingerprint(cfg: Config, source_digest: str, groups: Sequence[int], settings: FinetuneSettings) -> str:
-    d = cfg.to_dict()
-    part = {k: d[k] for k in ("seed", "data", "augment", "train", "robustness", "adversary")}
-    part.update({"source": source_digest, "groups": list(groups), "settings": asdict(settings)})
-    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _complete(model_dir: Path, fp: str) -> bool:
-    path = model_dir / "model.json"
-    if not path.exists() or not (model_dir / "model.safetensors").exists():
-        return False
-    try:
-        meta = read_json(path)
-    except json.JSONDecodeError:
-        return False
-    return meta.get("fingerprint") == fp and "metrics" in meta
+    """The fine-tuned model's fingerprint: the ``finetune`` config sections, the source weights, groups, settings."""
+    return fingerprint(cfg, "finetune", source=source_digest, groups=list(groups), settings=asdict(settings))
 
 
 def find_standard(run_dir: Path, exclude: Sequence[str] = ()) -> str | None:
@@ -233,10 +218,10 @@ def find_standard(run_dir: Path, exclude: Sequence[str] = ()) -> str | None:
         if name in exclude:
             continue
         try:
-            meta = read_json(meta_path)
-        except json.JSONDecodeError:
+            meta = ModelRecord.load(meta_path)
+        except RecordError:
             continue
-        if float(meta.get("eps", -1)) == 0 and not meta.get("finetuned_from"):
+        if meta.eps == 0 and not meta.extra.get("finetuned_from"):
             names.append(name)
     return "standard" if "standard" in names else (names[0] if names else None)
 
@@ -293,8 +278,8 @@ def run_finetune(
     dev = resolve_device(device if device is not None else cfg.device)
     with RunLock(run_dir):
         data = load_run_data(run_dir)
-        src_meta = read_json(src_dir / "model.json")
-        if float(src_meta.get("eps", 0)) == 0:
+        src_meta = ModelRecord.load(src_dir / "model.json")
+        if not src_meta.eps:
             say(f"robsal: warning: {source} has eps 0 (a standard model); Appendix D fine-tunes a robust one")
         digest = _file_digest(src_dir / "model.safetensors")
         done: dict[str, dict[str, Any]] = {}
@@ -311,18 +296,18 @@ def run_finetune(
 
 
 def _finetune_variant(
-    run_dir: Path, cfg: Config, data: Any, source: str, src_meta: dict[str, Any], digest: str,
+    run_dir: Path, cfg: Config, data: Any, source: str, src_meta: ModelRecord, digest: str,
     groups: Sequence[int], settings: FinetuneSettings, *, device: torch.device, progress: bool, force: bool,
 ) -> dict[str, Any]:
     """Fine-tune, evaluate and save one variant (or skip it when complete); its ``finetune`` summary."""
     name = variant_name(source, groups)
     model_dir = run_dir / "models" / name
     fp = finetune_fingerprint(cfg, digest, groups, settings)
-    if not force and _complete(model_dir, fp):
+    if not force and is_complete(model_dir, fp):
         say(f"{name}: already fine-tuned, skipping")
-        return read_json(model_dir / "model.json")["finetune"]
+        return ModelRecord.load(model_dir / "model.json").extra["finetune"]
     say(f"{name}: fine-tuning groups {variant_label(groups)} of {source} (lr {settings.lr:g})")
-    seed = int(cfg.seed if src_meta.get("seed") is None else src_meta["seed"])
+    seed = int(cfg.seed if src_meta.seed is None else src_meta.seed)
     model = load(run_dir / "models" / source, device)
     model_dir.mkdir(parents=True, exist_ok=True)
     history_path = model_dir / "history.jsonl"
@@ -337,12 +322,12 @@ def _finetune_variant(
     save(
         model, model_dir,
         name=name,
-        eps=float(src_meta.get("eps", 0.0)),
-        eps_l2=float(src_meta.get("eps_l2", 0.0)),
+        eps=float(src_meta.eps or 0.0),
+        eps_l2=float(src_meta.eps_l2 or 0.0),
         adversary=None,
         seed=seed,
         finetuned_from={
-            "name": source, "eps": src_meta.get("eps"), "fingerprint": src_meta.get("fingerprint"),
+            "name": source, "eps": src_meta.eps, "fingerprint": src_meta.fingerprint,
             "weights_sha256_16": digest,
         },
         finetune=summary,

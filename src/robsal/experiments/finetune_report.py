@@ -21,9 +21,10 @@ from matplotlib.figure import Figure
 from robsal.config import Config
 from robsal.errors import DataError
 from robsal.experiments.sweep import any_images
-from robsal.io import atomic_open, read_json, write_json
+from robsal.io import atomic_open, write_json
 from robsal.metrics import gate as competence
 from robsal.models import load
+from robsal.rundir import ModelRecord
 from robsal.saliency import select_images
 from robsal.saliency.figures import method_grid, save_figure
 from robsal.saliency.run import compute_maps
@@ -50,7 +51,7 @@ def write_outputs(
     with atomic_open(out_dir / "accuracy.csv", "w", encoding="utf-8", newline="") as fh:
         table.to_csv(fh, index=False, float_format="%.6g")
     # the maps of Figure 12 compare these models: only competent ones are comparable
-    model_metrics = {n: (read_json(run_dir / "models" / n / "model.json").get("metrics") or {})
+    model_metrics = {n: ModelRecord.trained(run_dir / "models" / n / "model.json").metrics.to_dict()
                      for n in table["model"]}
     gate = competence.check(model_metrics, list(data.classes), None, min_recall=cfg.metrics.min_recall)
     write_json(out_dir / "accuracy.json", {
@@ -79,18 +80,18 @@ def accuracy_table(
     rows = []
     order = ([standard] if standard else []) + _order(variants, info) + [source]
     for name in order:
-        meta = read_json(run_dir / "models" / name / "model.json")
-        m = meta.get("metrics") or {}
+        meta = ModelRecord.trained(run_dir / "models" / name / "model.json")
+        m = meta.metrics.to_dict()
         role = "standard" if name == standard else ("robust" if name == source else "fine-tuned")
         ft = info.get(name, {})
         row = {
             "model": name,
             "role": role,
             "groups": variant_label(ft["groups"]) if ft else "",
-            "eps": meta.get("eps"),
+            "eps": meta.eps,
             "clean_accuracy": m.get("clean_accuracy"),
             "balanced_accuracy": m.get("balanced_accuracy"),
-            "epochs": ft.get("epochs", meta.get("epochs")),
+            "epochs": ft.get("epochs", meta.epochs),
             "best_epoch": ft.get("best_epoch"),
             "stopped": ft.get("stopped", ""),
         }

@@ -37,7 +37,7 @@ import torch
 
 from robsal.config import Config, load_run_config
 from robsal.data import PreparedData, load_run_data
-from robsal.io import atomic_open, read_json, write_json
+from robsal.io import atomic_open, write_json
 from robsal.metrics.explainer import ExplainFn, default_explain_fn
 from robsal.metrics.inputs import EvaluationInputs, explained_images, load_saliency
 from robsal.metrics.per_image import compute_per_image

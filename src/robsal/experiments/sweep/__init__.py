@@ -66,7 +66,7 @@ from robsal.experiments.sweep.grid import (
     parse_grid,
     sweep_config,
 )
-from robsal.experiments.sweep.ledger import TRAIN_SECTIONS, cell_complete
+from robsal.experiments.sweep.ledger import cell_complete
 from robsal.experiments.sweep.runner import SweepResult, any_images, make_executor, run_sweep
 from robsal.experiments.sweep.tables import (
     TABLE_COLUMNS,
@@ -81,7 +81,7 @@ from robsal.experiments.sweep.tables import (
 )
 
 __all__ = [
-    "GRID_KEYS", "PLOT_METRICS", "SWEEP_SUBDIR", "TABLE_COLUMNS", "TRAIN_SECTIONS",
+    "GRID_KEYS", "PLOT_METRICS", "SWEEP_SUBDIR", "TABLE_COLUMNS",
     "Cell", "CellStatus", "Executor", "LocalExecutor", "OptimumSpec", "RayExecutor", "SweepResult",
     "accuracy_rows", "aggregate", "any_images", "cell_complete", "cell_name", "cells_of", "grid_cells",
     "init_sweep", "make_cells", "make_executor", "parse_grid", "read_table", "run_sweep", "saliency_rows",

@@ -15,7 +15,7 @@ import numpy as np
 
 from robsal.config import Config, ModelSpec, load_run_config, validate
 from robsal.errors import ConfigError
-from robsal.runs import init_run
+from robsal.rundir import init_run
 
 GRID_KEYS = ("eps", "seed")
 SWEEP_SUBDIR = "sweep"  # SWEEP/sweep/: cells.json, table.csv|json, optimal_eps.csv|json

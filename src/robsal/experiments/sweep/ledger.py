@@ -1,27 +1,21 @@
 """Everything the sweep asks of the run directory's stage ledger and fingerprints, in one place.
 
-Each question is one function, so that moving to a shared run-directory module changes one
-line each: whether a cell is trained with the current settings (:func:`cell_complete`), the
-fingerprints of the tune and explain/evaluate stages (:func:`tune_fingerprint`,
-:func:`stage_fingerprint`), and reading/writing ``stages.json`` (:func:`stage_done`,
-:func:`record_stage`).
+Each question is one function over :mod:`robsal.rundir`: whether a cell is trained with the
+current settings (:func:`cell_complete`), the fingerprints of the tune and explain/evaluate
+stages (:func:`tune_fingerprint`, :func:`stage_fingerprint`; their config sections are the
+``sweep_*`` entries of :data:`robsal.rundir.fingerprint.SECTIONS`), and reading/writing
+``stages.json`` (:func:`stage_done`, :func:`record_stage`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from robsal.config import Config
 from robsal.experiments.sweep.grid import Cell
-from robsal.runs import fingerprint, is_done, mark_done
-from robsal.training.train import apply_tuned, is_complete, training_fingerprint, tuned_hyperparameters
-
-# config sections that determine the trained cells (explain and evaluate add theirs)
-TRAIN_SECTIONS = ("seed", "data", "augment", "model", "train", "adversary", "models", "tune", "robustness")
+from robsal.rundir import fingerprint, is_complete, is_done, mark_done
+from robsal.training.train import apply_tuned, training_fingerprint, tuned_hyperparameters
 
 
 def tuned_training(cfg: Config, out: Path) -> tuple[Config, dict[str, Any] | None]:
@@ -38,13 +32,12 @@ def cell_complete(cfg: Config, out: Path, cell: Cell) -> bool:
 
 def tune_fingerprint(cfg: Config) -> str:
     """Fingerprint of the one CV search of a sweep."""
-    return fingerprint(cfg, "data", "model", "train", "tune")
+    return fingerprint(cfg, "sweep_tune")
 
 
-def stage_fingerprint(cfg: Config, sections: Sequence[str], *extra: Any) -> str:
-    """Fingerprint of the config ``sections`` and ``extra`` values (the cells, the image rule)."""
-    base = fingerprint(cfg, *sections)
-    return hashlib.sha256(json.dumps([base, *extra], default=str).encode()).hexdigest()[:16]
+def stage_fingerprint(cfg: Config, stage: Literal["explain", "evaluate"], *extra: Any) -> str:
+    """Fingerprint of the sweep's ``stage`` (its config sections) and ``extra`` values (the cells, the image rule)."""
+    return fingerprint(cfg, f"sweep_{stage}", *extra)
 
 
 def stage_done(out: Path, stage: str, fp: str) -> bool:

@@ -25,7 +25,6 @@ from robsal.experiments.per_image_eps import OptimumResult
 from robsal.experiments.sweep.executors import CellStatus, Executor, LocalExecutor, RayExecutor, write_status
 from robsal.experiments.sweep.grid import SWEEP_SUBDIR, Cell, grid_cells, init_sweep, sweep_config
 from robsal.experiments.sweep.ledger import (
-    TRAIN_SECTIONS,
     cell_complete,
     record_stage,
     stage_done,
@@ -34,7 +33,7 @@ from robsal.experiments.sweep.ledger import (
 )
 from robsal.experiments.sweep.tables import OptimumSpec, aggregate
 from robsal.metrics import evaluate_run
-from robsal.runs import RunLock
+from robsal.rundir import RunLock
 from robsal.saliency import explain_run
 from robsal.training import tune
 from robsal.utils import resolve_device, say
@@ -112,7 +111,7 @@ def _drop_stale_maps(out: Path, cells: Sequence[Cell], names: Sequence[str]) -> 
 
 def _explain(cfg: Config, out: Path, data: Any, names: list[str], images: str, *, device: Any,
              progress: bool) -> None:
-    fp = stage_fingerprint(cfg, TRAIN_SECTIONS + ("saliency",), names, images)
+    fp = stage_fingerprint(cfg, "explain", names, images)
     if stage_done(out, "sweep_explain", fp):
         return
     say(f"saliency maps of {len(names)} cell(s) ...")
@@ -129,7 +128,7 @@ def _explain(cfg: Config, out: Path, data: Any, names: list[str], images: str, *
 
 def _evaluate(cfg: Config, out: Path, data: Any, names: list[str], images: str, *, device: Any,
               progress: bool) -> None:
-    fp = stage_fingerprint(cfg, TRAIN_SECTIONS + ("saliency", "metrics"), names, images)
+    fp = stage_fingerprint(cfg, "evaluate", names, images)
     if stage_done(out, "sweep_evaluate", fp):
         return
     say("metrics and statistics ...")

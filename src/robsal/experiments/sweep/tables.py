@@ -23,6 +23,7 @@ from robsal.experiments.per_image_eps import PAPER_BAND, OptimumResult, band_for
 from robsal.experiments.sweep.figures import write_figures
 from robsal.experiments.sweep.grid import SWEEP_SUBDIR, Cell, cells_of
 from robsal.io import atomic_open, read_json, write_json
+from robsal.rundir import ModelRecord, Selection, Summary
 from robsal.metrics.gate import check as gate_check
 from robsal.metrics.stats import bootstrap_ci, stable_seed
 from robsal.utils import json_safe
@@ -146,9 +147,9 @@ def sweep_gates(
     explained = None
     summary_path, sel_path = out / "metrics" / "summary.json", out / "saliency" / "selection.json"
     if summary_path.exists():
-        explained = read_json(summary_path).get("explained_per_class")
+        explained = Summary.load(summary_path).explained_per_class
     if explained is None and sel_path.exists():
-        explained = read_json(sel_path).get("selected")
+        explained = Selection.load(sel_path).selected
     kw = {"min_recall": cfg.metrics.min_recall, "min_explained_per_class": cfg.min_explained()}
     overall = gate_check({c.name: metrics[c.name] for c in ok}, classes, explained, **kw)
     per_eps = {
@@ -167,9 +168,9 @@ def _cell_metrics(out: Path, cells: Sequence[Cell]) -> dict[str, dict[str, Any]]
     for c in cells:
         path = out / "models" / c.name / "model.json"
         if path.exists():
-            m = read_json(path).get("metrics")
-            if m:
-                metrics[c.name] = m
+            m = ModelRecord.load(path).metrics
+            if m is not None:
+                metrics[c.name] = m.to_dict()
     return metrics
 
 
