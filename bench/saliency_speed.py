@@ -7,22 +7,26 @@ per image, Occlusion evaluated one window per forward pass. robsal batches the
 images and the inner work together (``internal_batch_size``, ``nt_samples_batch_size``,
 ``perturbations_per_eval``) and, for the input-gradient methods, runs Captum on the
 model's input-gradient view (``explain(fast=True)``, the default; see
-``robsal.saliency.methods``). All ways run here on the same model, the same images and
+``robsal.models.input_gradient``). All ways run here on the same model, the same images and
 the same settings, in one process, so the printed ratios are measured in one run.
 
     python bench/saliency_speed.py                      # ResNet-18, 64 px, CPU
     python bench/saliency_speed.py --size 224 --n 16 --device cuda
 
 Output: the device, the load average at start and end, and one line per method with
-maps/s of robsal (``explain``), of ``explain(fast=False)`` ("plain": batching only)
-and of the per-image reference (best of ``--repeats``), and the speed-up per-image
-time / robsal time (median over the alternated repeats) in wall time and, on CPU, in
-CPU time of the process (less sensitive to other processes sharing the cores).
+maps/s of robsal (``explain``), of robsal without the input-gradient kernels
+("no kernels": ``explain(fast=False)`` with the parameters frozen as ``fast=True``
+freezes them, so the two differ by the kernels only) and of the per-image reference
+(best of ``--repeats``); the speed-up per-image time / robsal time and the kernels'
+gain no-kernels time / robsal time (medians of the per-repeat ratios of the alternated
+repeats) in wall time and, on CPU, in CPU time of the process (less sensitive to other
+processes sharing the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import time
@@ -80,6 +84,26 @@ def ours(model, x, t, method, args, fast=True):
     return explain(model, x, t, method, batch_size=args.batch_size, fast=fast, **opts)
 
 
+@contextlib.contextmanager
+def frozen(model):
+    """Parameters' ``requires_grad`` off for the block (what ``explain(fast=True)`` does
+    besides the view), restored after."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def without_kernels(model, x, t, method, args):
+    """robsal without the input-gradient kernels: the same batching and frozen parameters."""
+    with frozen(model):
+        return ours(model, x, t, method, args, fast=False)
+
+
 def _seconds(fn, device) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one call."""
     if device.type == "cuda":
@@ -119,7 +143,8 @@ def main() -> None:
     p.add_argument("--inner-batch", type=int, default=64, help="robsal: forward passes batched together (explain default: 64)")
     p.add_argument("--repeats", type=int, default=3, help="alternated timings of each way")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-plain", action="store_true", help="skip the explain(fast=False) column")
+    p.add_argument("--no-plain", action="store_true", help="skip the no-kernels column")
+    p.add_argument("--no-reference", action="store_true", help="skip the per-image Captum column")
     p.add_argument(
         "--methods", nargs="+", default=["gradient", "integrated_gradients_uniform", "smoothgrad", "occlusion", "gradcam"]
     )
@@ -143,26 +168,30 @@ def main() -> None:
     )
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     cpu = device.type == "cpu"
-    head = f"{'method':30s} {'robsal':>8s} {'plain':>8s} {'per-image':>9s}  {'speed-up wall':>13s}"
-    head += f" {'speed-up CPU':>12s}" if cpu else ""
-    print("maps/s (best repeat); speed-up = per-image time / robsal time, median over repeats")
+    ratios = [("per-image", "speed-up")] * (not args.no_reference) + [("no-kernels", "kernels")] * (not args.no_plain)
+    head = f"{'method':30s} {'robsal':>8s} {'no-kern':>8s} {'per-image':>9s}"
+    for _, label in ratios:
+        head += f"  {label + ' wall':>13s}" + (f" {label + ' CPU':>12s}" if cpu else "")
+    print("maps/s (best repeat); speed-up = per-image time / robsal time, kernels = no-kernels time / robsal time,")
+    print("medians of the per-repeat ratios")
     print(head)
     for method in args.methods:
-        fns = {
-            "robsal": lambda: ours(model, x, t, method, args),
-            "per-image": lambda: per_image_reference(model, x, t, method, args),
-        }
+        fns = {"robsal": lambda: ours(model, x, t, method, args)}
+        if not args.no_reference:
+            fns["per-image"] = lambda: per_image_reference(model, x, t, method, args)
         if not args.no_plain:
-            fns["plain"] = lambda: ours(model, x, t, method, args, fast=False)
+            fns["no-kernels"] = lambda: without_kernels(model, x, t, method, args)
         for fn in fns.values():  # warm-up (allocator, kernels)
             fn()
         res = timed(fns, device, args.repeats)
         rate = {k: args.n / min(w for w, _ in v) for k, v in res.items()}
-        wall = _median([b[0] / a[0] for a, b in zip(res["robsal"], res["per-image"])])
-        line = f"{method:30s} {rate['robsal']:8.2f} {rate.get('plain', float('nan')):8.2f} {rate['per-image']:9.2f}  {wall:12.2f}x"
-        if cpu:
-            cpu_ratio = _median([b[1] / a[1] for a, b in zip(res["robsal"], res["per-image"])])
-            line += f" {cpu_ratio:11.2f}x"
+        nan = float("nan")
+        line = f"{method:30s} {rate['robsal']:8.2f} {rate.get('no-kernels', nan):8.2f} {rate.get('per-image', nan):9.2f}"
+        for other, _ in ratios:
+            wall = _median([b[0] / a[0] for a, b in zip(res["robsal"], res[other])])
+            line += f"  {wall:12.2f}x"
+            if cpu:
+                line += f" {_median([b[1] / a[1] for a, b in zip(res['robsal'], res[other])]):11.2f}x"
         print(line, flush=True)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

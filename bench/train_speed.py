@@ -21,7 +21,14 @@ robsal's loop; none in (b) so that it isolates the attack; per-sample transforms
 (c) and (d)). Epochs of the loops are interleaved and repeated; the median epoch time
 of each is reported (the CPU is often shared, so single epochs are noisy).
 
+``--kernels`` measures instead what the CPU input-gradient kernels
+(``robsal.models.input_gradient``) buy the main job's PGD-7 training step: robsal's
+adversarial epoch with the kernels (``pgd(fast=True)``, what training uses) and without
+(``pgd(fast=False)``: the same attack, parameters frozen the same way), plus the standard
+epoch for scale, in a rotated order each round, wall and CPU time.
+
     python bench/train_speed.py [--size 64] [--images 64] [--batch 16] [--repeats 3] [--threads 1] [--device cpu]
+    python bench/train_speed.py --kernels --repeats 6
 """
 
 from __future__ import annotations
@@ -38,11 +45,61 @@ from torch.nn import functional as F
 
 from torchvision.transforms import v2
 
+from robsal.attacks import pgd
 from robsal.config import AugmentConfig
 from robsal.data import Augmenter, PreparedData
 from robsal.models import build_model
 from robsal.training.loop import Adversary, train_epoch
 from robsal.utils import resolve_device
+
+
+class PlainAdversary(Adversary):
+    """The training loop's adversary with the input-gradient kernels off (``pgd(fast=False)``)."""
+
+    def __call__(self, model, x, y, generator=None, start=None):
+        return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
+                   random_start=self.random_start, generator=generator, start=start, fast=False)
+
+
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds as ``fn`` returns them, CPU seconds of this process) of one call."""
+    c0 = time.process_time()
+    wall = fn()
+    return wall, time.process_time() - c0
+
+
+def kernel_comparison(args, device, data, idx, eps) -> None:
+    """PGD-7 training epochs with and without the input-gradient kernels, alternated."""
+    torch.manual_seed(0)
+    models = {k: build_model(args.arch, list("abc"), image_size=args.size).to(device)
+              for k in ("std", "kernels", "no-kernels")}
+    for m in models.values():
+        m.load_state_dict(models["std"].state_dict())
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
+    adversaries = {"std": None, "kernels": Adversary(eps, "l2", 7, eps / 5, True),
+                   "no-kernels": PlainAdversary(eps, "l2", 7, eps / 5, True)}
+    augment = Augmenter(AugmentConfig())
+    names = list(models)
+    res: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    for r in range(args.repeats + 1):  # the first round warms up and is discarded
+        order = names[r % len(names):] + names[:r % len(names)]
+        got = {k: _timed(lambda k=k: train_epoch(
+            models[k], data, idx, opts[k], batch_size=args.batch, seed=0, epoch=r, device=device,
+            adversary=adversaries[k], augment=augment, progress=False)["epoch_seconds"]) for k in order}
+        if r > 0:
+            for k, v in got.items():
+                res[k].append(v)
+        print(f"round {r}{' (warm-up)' if r == 0 else ''}: " + ", ".join(
+            f"{k} {got[k][0]:.2f} s / {got[k][1]:.2f} s CPU" for k in names), flush=True)
+    print(f"\n{args.arch} {args.size}px, {args.images} images/epoch, batch {args.batch}, device {device}, "
+          f"{torch.get_num_threads()} thread(s), eps_l2 {eps:.3f}, {args.repeats} rotated rounds")
+    for k in names:
+        print(f"{k:10s} epoch: median {statistics.median(w for w, _ in res[k]):.2f} s wall, "
+              f"{statistics.median(c for _, c in res[k]):.2f} s CPU")
+    for j, what in ((0, "wall"), (1, "CPU")):
+        ratios = [b[j] / a[j] for a, b in zip(res["kernels"], res["no-kernels"])]
+        print(f"PGD-7 epoch, no-kernels / kernels ({what}): median {statistics.median(ratios):.3f}x, "
+              f"per round {' '.join(f'{v:.3f}' for v in ratios)}")
 
 
 def make_data(n: int, size: int, seed: int = 0) -> PreparedData:
@@ -136,12 +193,17 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference loops")
+    ap.add_argument("--kernels", action="store_true",
+                    help="only PGD-7 training with and without the CPU input-gradient kernels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = make_data(args.images, args.size)
     idx = np.arange(args.images)
     eps = 4.0 * args.size / 224  # the paper's eps=4 at this input size
+    if args.kernels:
+        kernel_comparison(args, device, data, idx, eps)
+        return
     torch.manual_seed(0)
     models = {k: build_model(args.arch, list("abc"), image_size=args.size).to(device)
               for k in ("std", "adv", "ref", "loader", "madry")}
@@ -158,9 +220,7 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in times}
 
     def timed(key, fn):
-        c0 = time.process_time()
-        wall = fn()
-        return wall, time.process_time() - c0
+        return _timed(fn)
 
     for r in range(args.repeats + 1):  # the first round warms up and is discarded
         t, c = {}, {}

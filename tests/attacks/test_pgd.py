@@ -109,6 +109,22 @@ def test_model_mode_grads_and_bn_buffers_unchanged(training):
         assert torch.equal(v, weights[k]), k
 
 
+def test_a_batch_norm_kept_in_eval_mode_stays_in_eval_mode():
+    """Fine-tuning keeps frozen BatchNorm layers in eval mode inside a training model;
+    the attack restores each submodule's own mode, not the model's mode everywhere."""
+    model = small_cnn()
+    _warm_bn(model)
+    model.train()
+    model[1].eval()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    x, y = batch()
+    pgd(model, x, y, eps=0.5, steps=2)
+    assert [m.training for m in model.modules()] == [True, True, False] + [True] * 7
+    model(x)  # a training forward: the frozen layer's statistics must not move
+    assert torch.equal(model[1].running_mean, buffers["1.running_mean"])
+    assert not torch.equal(model[4].running_mean, buffers["4.running_mean"])
+
+
 def test_attack_runs_under_no_grad_and_leaves_input_alone():
     model = small_cnn()
     x, y = batch()

@@ -2,9 +2,7 @@
 
 * ``explain(fast=True)`` (input-gradient view, frozen parameters) against
   ``explain(fast=False)`` (Captum on the model as given): within 1e-5 of each map's
-  maximum, every forward value bitwise equal;
-* each stand-in of the view against the module it replaces (values, gradients,
-  ties and NaN in max pooling, channels-last inputs);
+  maximum (the stand-ins of the view one by one: tests/models/test_input_gradient.py);
 * batched IG and SmoothGrad against Captum / autograd called one image at a time on
   the same baselines and noise;
 * the caller's model comes back as it was (mode, every parameter's requires_grad,
@@ -13,17 +11,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from captum.attr import IntegratedGradients
 from torch import nn
 
 from robsal.errors import ConfigError
-from robsal.saliency import METHODS, explain, integrated_gradients_with_delta, make_baseline
-from robsal.saliency.methods import input_gradient_view
+from robsal.saliency import METHODS, explain, integrated_gradients_with_delta, make_baseline, registry
+from robsal.saliency.registry import CPU_PASS_PIXELS, pass_size
 from robsal.saliency.seeds import image_generators, per_image_seeds
 
-from .conftest import hook_count
+from .conftest import Linear, hook_count
 
 INPUT_GRADIENT_METHODS = [name for name, m in METHODS.items() if m.input_gradients]
 OPTIONS = {
@@ -70,31 +70,6 @@ def test_registry_marks_the_input_gradient_methods():
     }
 
 
-def test_view_replaces_layers_shares_parameters_and_computes_the_same_forward(resnet32, images32):
-    view = input_gradient_view(resnet32)
-    kinds = [type(m).__name__ for m in view.modules()]
-    assert kinds.count("_EvalBatchNorm") == sum(isinstance(m, nn.BatchNorm2d) for m in resnet32.modules()) == 20
-    assert kinds.count("_ChannelsLastMaxPool") == 1 and kinds.count("_ImageConv") == 1  # the stem
-    assert type(view.net.layer3[1].bn2).__name__ == "_EvalBatchNorm" and type(view.net.conv1).__name__ == "_ImageConv"
-    # the caller's model is untouched and shares every tensor with the view
-    assert type(resnet32.net.bn1) is nn.BatchNorm2d and type(resnet32.net.maxpool) is nn.MaxPool2d
-    assert view.net.conv1.conv is resnet32.net.conv1 and view.net.layer1[0].conv1 is resnet32.net.layer1[0].conv1
-    x = images32.clone().requires_grad_(True)
-    out_view = view(x)
-    out_model = resnet32(images32)
-    assert torch.equal(out_view, out_model)  # bitwise: no ReLU / max-pool decision can flip
-    (g_view,) = torch.autograd.grad(out_view[:, 1].sum(), x)
-    x2 = images32.clone().requires_grad_(True)
-    (g_model,) = torch.autograd.grad(resnet32(x2)[:, 1].sum(), x2)
-    assert_maps_close(g_view, g_model)
-    # the view's parameters and state are the model's own tensors
-    assert [id(p) for p in view.parameters()] == [id(p) for p in resnet32.parameters()]
-    assert sorted(id(b) for b in view.buffers()) == sorted(id(b) for b in resnet32.buffers())
-    # a view of a view is the view (no stand-in wraps a stand-in)
-    again = input_gradient_view(view)
-    assert again.net.bn1 is view.net.bn1 and again.net.maxpool is view.net.maxpool
-
-
 @pytest.mark.parametrize("method", INPUT_GRADIENT_METHODS)
 def test_fast_equals_plain(resnet32, images32, method):
     t = torch.tensor([0, 1, 2])
@@ -108,8 +83,6 @@ def test_fast_equals_plain(resnet32, images32, method):
 def test_fast_equals_plain_for_a_channels_last_model(resnet32, images32):
     """A model and images already in channels-last layout: the max-pool and image-conv
     stand-ins step aside (they serve NCHW inputs), BatchNorm's works in any layout."""
-    import copy
-
     model = copy.deepcopy(resnet32).to(memory_format=torch.channels_last)
     x = images32.contiguous(memory_format=torch.channels_last)
     t = torch.tensor([2, 0, 1])
@@ -125,101 +98,6 @@ def test_ig_delta_fast_equals_plain(smooth_cnn, images):
     a_plain, d_plain = integrated_gradients_with_delta(smooth_cnn, images, t, n_steps=8, seed=4, fast=False)
     assert_maps_close(a_fast, a_plain)
     torch.testing.assert_close(d_fast, d_plain, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "pool",
-    [
-        nn.MaxPool2d(3, 2, 1),
-        nn.MaxPool2d(2),
-        nn.MaxPool2d(3, stride=1, padding=1),
-        nn.MaxPool2d((3, 2), stride=(2, 1), ceil_mode=True),
-        nn.MaxPool2d(2, dilation=2),
-    ],
-)
-def test_max_pool_stand_in_is_exact_with_ties_and_nan(pool):
-    """Integer-valued inputs tie in almost every window; both kernels must keep the same
-    (first) maximum, so values and gradients are bitwise equal."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 3, (2, 5, 11, 13), generator=g).float()
-    x[0, 1, 2, 3] = float("nan")
-    view = input_gradient_view(nn.Sequential(pool))
-    assert type(view[0]).__name__ == "_ChannelsLastMaxPool"
-    xa = x.clone().requires_grad_(True)
-    xb = x.clone().requires_grad_(True)
-    ya, yb = view(xa), pool(xb)
-    assert ya.is_contiguous() and torch.equal(ya.nan_to_num(-1), yb.nan_to_num(-1))
-    w = torch.randn(ya.shape, generator=g)
-    (ga,) = torch.autograd.grad((ya.nan_to_num(0) * w).sum(), xa)
-    (gb,) = torch.autograd.grad((yb.nan_to_num(0) * w).sum(), xb)
-    assert ga.is_contiguous() and torch.equal(ga, gb)
-    assert (gb != 0).sum() > 10
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [
-        nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False),
-        nn.Conv2d(1, 4, (3, 5), stride=(1, 2), padding=(1, 2)),
-        nn.Conv2d(4, 6, 3),
-    ],
-)
-def test_image_conv_stand_in(conv):
-    torch.manual_seed(0)
-    x = torch.rand(3, conv.in_channels, 17, 19)
-    view = input_gradient_view(nn.Sequential(conv))
-    assert type(view[0]).__name__ == "_ImageConv"
-    for p in conv.parameters():
-        p.requires_grad_(False)
-    xa = x.clone().requires_grad_(True)
-    xb = x.clone().requires_grad_(True)
-    ya, yb = view(xa), conv(xb)
-    assert torch.equal(ya, yb)
-    w = torch.randn(ya.shape)
-    (ga,) = torch.autograd.grad((ya * w).sum(), xa)
-    (gb,) = torch.autograd.grad((yb * w).sum(), xb)
-    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
-
-
-def test_layers_the_view_keeps():
-    """Deeper convolutions, training-mode or statistics-free BatchNorm, subclasses and
-    hooked modules keep their own forward."""
-
-    class MyBN(nn.BatchNorm2d):
-        pass
-
-    hooked = nn.MaxPool2d(2)
-    hooked.register_forward_hook(lambda *a: None)
-    bn_train = nn.BatchNorm2d(3).train()
-    model = nn.Sequential(
-        nn.Conv2d(8, 8, 3), bn_train, nn.BatchNorm2d(3, track_running_stats=False).eval(), MyBN(3).eval(), hooked
-    )
-    view = input_gradient_view(model)
-    assert all(v is m for v, m in zip(view, model))
-
-
-@pytest.mark.parametrize("affine", [True, False])
-def test_eval_batch_norm_stand_in(affine):
-    g = torch.Generator().manual_seed(0)
-    for bn, shape in ((nn.BatchNorm2d(5, affine=affine), (4, 5, 6, 7)), (nn.BatchNorm1d(5, affine=affine), (4, 5))):
-        bn.running_mean.copy_(torch.randn(5, generator=g))
-        bn.running_var.copy_(torch.rand(5, generator=g) + 0.1)
-        if affine:
-            nn.init.normal_(bn.weight)
-            nn.init.normal_(bn.bias)
-            bn.requires_grad_(False)
-        bn.eval()
-        view = input_gradient_view(nn.Sequential(bn))
-        assert type(view[0]).__name__ == "_EvalBatchNorm"
-        x = torch.randn(shape, generator=g)
-        xa = x.clone().requires_grad_(True)
-        xb = x.clone().requires_grad_(True)
-        ya, yb = view(xa), bn(xb)
-        assert torch.equal(ya, yb)
-        w = torch.randn(shape, generator=g)
-        (ga,) = torch.autograd.grad((ya * w).sum(), xa)
-        (gb,) = torch.autograd.grad((yb * w).sum(), xb)
-        torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-7)
 
 
 def test_batched_ig_equals_captum_per_image(resnet32, images32):
@@ -325,29 +203,25 @@ class _Counting(nn.Module):
 
 
 def test_passes_follow_the_cpu_pixel_budget():
-    from robsal.saliency.methods import CPU_PASS_PIXELS, _passes
-
     assert CPU_PASS_PIXELS == 8 * 224 * 224
-    assert _passes(64, torch.zeros(1, 3, 224, 224)) == 8
-    assert _passes(64, torch.zeros(1, 3, 128, 128)) == 24
-    assert _passes(64, torch.zeros(1, 3, 64, 64)) == 64  # inner_batch binds first
-    assert _passes(3, torch.zeros(1, 3, 64, 64)) == 3
-    assert _passes(64, torch.zeros(1, 3, 1024, 1024)) == 1
+    assert pass_size(64, torch.zeros(1, 3, 224, 224)) == 8
+    assert pass_size(64, torch.zeros(1, 3, 128, 128)) == 24
+    assert pass_size(64, torch.zeros(1, 3, 64, 64)) == 64  # inner_batch binds first
+    assert pass_size(3, torch.zeros(1, 3, 64, 64)) == 3
+    assert pass_size(64, torch.zeros(1, 3, 1024, 1024)) == 1
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients_uniform", "occlusion", "smoothgrad"])
 def test_pixel_budget_splits_passes_not_results(monkeypatch, small_cnn, images, method):
     """With a budget of 2 images per pass, no pass is larger, and every method gives the
     unsplit maps (IG's baselines and SmoothGrad's noise are drawn per image)."""
-    import robsal.saliency.methods as methods
-
     t = torch.tensor([0, 1, 2, 0])
     opts = {"n_steps": 5} if method.startswith("integrated") else {"n_samples": 3} if method == "smoothgrad" else {}
     counting = _Counting(small_cnn).eval()
     whole = explain(counting, images, t, method, inner_batch=64, **opts)
     assert max(counting.sizes) > 2
     counting.sizes.clear()
-    monkeypatch.setattr(methods, "CPU_PASS_PIXELS", 2 * 16 * 16)
+    monkeypatch.setattr(registry, "CPU_PASS_PIXELS", 2 * 16 * 16)
     split = explain(counting, images, t, method, inner_batch=64, **opts)
     assert counting.sizes and max(counting.sizes) <= 2
     # SmoothGrad's noise is drawn per image and sample, so the split changes nothing either
@@ -355,11 +229,7 @@ def test_pixel_budget_splits_passes_not_results(monkeypatch, small_cnn, images, 
 
 
 def test_smoothgrad_split_over_passes_is_exact_on_a_linear_model(monkeypatch):
-    import robsal.saliency.methods as methods
-
-    from .conftest import Linear
-
-    monkeypatch.setattr(methods, "CPU_PASS_PIXELS", 2 * 8 * 8)
+    monkeypatch.setattr(registry, "CPU_PASS_PIXELS", 2 * 8 * 8)
     model = Linear((3, 8, 8))
     x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0, 2, 1, 1, 0])

@@ -17,7 +17,8 @@ Guarantees (tested in ``tests/attacks``):
 * ``||x_adv - x||_p <= eps`` (per sample) and ``x_adv`` in [0, 1];
 * ``eps == 0`` returns the input unchanged;
 * the model is put in eval mode during the attack (BatchNorm uses and keeps its
-  running statistics) and its previous mode is restored afterwards;
+  running statistics) and every submodule's previous mode is restored afterwards (a
+  BatchNorm layer kept in eval mode during fine-tuning stays in eval mode);
 * only the input gradient is computed (``torch.autograd.grad``); the parameters'
   ``requires_grad`` flags are switched off during the attack and restored, so no
   parameter ``.grad`` is touched and the backward pass skips weight gradients;
@@ -34,46 +35,23 @@ on the sphere instead; both are "a different random point" inside the ball).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from robsal.models.input_gradient import input_gradient_mode
 
 _TINY = 1e-12  # guards the division by a zero gradient / zero perturbation norm
 
 
-@contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the duration of an attack; both restored after."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def _attack_view(model: nn.Module) -> nn.Module:
-    """The model's input-gradient view for an attack (model in eval mode, parameters frozen).
-
-    The view lives with the saliency methods, which need the same thing (input gradients
-    of an eval-mode model); imported lazily so this module stays importable on its own.
-    Data-parallel wrappers are attacked as they are.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    if isinstance(model, DistributedDataParallel):
-        return model
-    from robsal.saliency.methods import input_gradient_view
-
-    return input_gradient_view(model)
+def attack_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Eval mode and frozen parameters for the duration of an attack; both restored after
+    (every submodule's mode, every parameter's ``requires_grad``)."""
+    return input_gradient_mode(model, view=False)
 
 
 def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:
@@ -133,7 +111,7 @@ def pgd(
         start: (N, C, H, W) random-start offset to use instead of drawing one (with
             ``random_start``; data-parallel training draws the starts of a whole global batch
             with :func:`random_start_delta` and gives each process its share).
-        fast: attack through :func:`robsal.saliency.methods.input_gradient_view` (the same
+        fast: attack through :func:`robsal.models.input_gradient.input_gradient_view` (the same
             forward, bit for bit; a cheaper input-only backward for eval-mode BatchNorm, max
             pooling and the stem convolution on CPU). ``False`` differentiates the model as is.
 
@@ -149,8 +127,9 @@ def pgd(
         return x0.clone()
     alpha = float(eps) * 0.2 if step_size is None else float(step_size)
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
-    with attack_mode(model), torch.enable_grad():
-        net = _attack_view(model) if fast else model
+    # Data-parallel wrappers are attacked as they are (no view).
+    view = fast and not isinstance(model, DistributedDataParallel)
+    with input_gradient_mode(model, view=view) as net, torch.enable_grad():
         if random_start:
             delta0 = _random_start(x0, eps, norm, generator) if start is None else start
             x = (x0 + delta0).clamp_(0.0, 1.0)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from robsal.cli import add_config_args, config_from_args
+from robsal.errors import ConfigError
+from robsal.saliency.images import explain_files
+from robsal.saliency.run import explain_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,13 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from robsal.errors import ConfigError
-
     if args.run and (args.model or args.image):
         raise ConfigError("give either --run RUN or --model DIR --image FILE, not both")
     if args.run:
-        from robsal.saliency.run import explain_run
-
         if args.n_per_class is not None and args.n_per_class < 1:
             raise ConfigError(f"--n-per-class must be >= 1, got {args.n_per_class}")
         out = explain_run(
@@ -53,8 +52,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.image or not args.out:
         raise ConfigError("explain needs --run RUN, or --model DIR --image FILE --out DIR")
-    from robsal.saliency.images import explain_files
-
     cfg = config_from_args(args)
     out = explain_files(
         args.model,

@@ -8,6 +8,9 @@ Maps are shown as single-colour heat maps in [0, 1] (``visualize.normalize_map``
 optionally over the image, with one colour bar per figure. ``scale='row'`` puts the
 maps of a row on one common scale (the 99th percentile of the row) instead of each
 map on its own (the paper). Files are written atomically.
+
+Matplotlib is used through its object API (``Figure`` + Agg canvas), never through
+``pyplot``: importing or calling this module leaves the caller's backend alone.
 """
 
 from __future__ import annotations
@@ -15,20 +18,28 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from robsal.io import atomic_path  # noqa: E402
-from robsal.saliency.visualize import image_hwc, normalize_map, overlay  # noqa: E402
+from robsal.io import atomic_path
+from robsal.saliency.visualize import image_hwc, normalize_map, overlay
 
 CMAP = "inferno"
 
 
-def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write ``stem``.png and ``stem``.pdf atomically; close the figure."""
+def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure on its own Agg canvas (no pyplot state) and its (rows, cols) axes."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write ``stem``.png and ``stem``.pdf atomically."""
     stem = Path(stem)
     paths = []
     for ext in ("png", "pdf"):
@@ -36,7 +47,6 @@ def save_figure(fig: plt.Figure, stem: str | Path) -> list[Path]:
         with atomic_path(path, suffix=f".{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight")
         paths.append(path)
-    plt.close(fig)
     return paths
 
 
@@ -48,13 +58,13 @@ def _normalise_row(maps: Sequence[np.ndarray], scale: str, mode: str) -> list[np
     return [normalize_map(m, mode) for m in maps]
 
 
-def _show(ax: plt.Axes, image: np.ndarray | None, norm: np.ndarray, overlay_image: bool):
+def _show(ax: Axes, image: np.ndarray | None, norm: np.ndarray, overlay_image: bool):
     if overlay_image and image is not None:
         return ax.imshow(overlay(image, norm, cmap=CMAP), vmin=0, vmax=1)
     return ax.imshow(norm, cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
 
 
-def _finish(fig: plt.Figure, axes: np.ndarray, mappable, title: str) -> None:
+def _finish(fig: Figure, axes: np.ndarray, mappable, title: str) -> None:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -82,7 +92,7 @@ def method_grid(
     """
     names = list(maps)
     n = len(images)
-    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.9 * (1 + len(names)) + 0.8, 1.9 * n), squeeze=False)
+    fig, axes = _figure(n, 1 + len(names), (1.9 * (1 + len(names)) + 0.8, 1.9 * n))
     mappable = None
     for i in range(n):
         img = image_hwc(images[i])
@@ -96,7 +106,7 @@ def method_grid(
                 axes[i, j].set_title(name, fontsize=8)
     axes[0, 0].set_title("image", fontsize=8)
     if overlay_image:
-        mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=CMAP)
+        mappable = ScalarMappable(norm=Normalize(0, 1), cmap=CMAP)
     _finish(fig, axes, mappable, title)
     return save_figure(fig, stem)
 
@@ -118,9 +128,7 @@ def image_grid(
     methods = list(maps)
     models = list(next(iter(maps.values()))) if methods else []
     img = image_hwc(image)
-    fig, axes = plt.subplots(
-        len(methods), 1 + len(models), figsize=(1.9 * (1 + len(models)) + 0.8, 1.9 * len(methods)), squeeze=False
-    )
+    fig, axes = _figure(len(methods), 1 + len(models), (1.9 * (1 + len(models)) + 0.8, 1.9 * len(methods)))
     mappable = None
     for i, method in enumerate(methods):
         axes[i, 0].imshow(img)
@@ -132,6 +140,6 @@ def image_grid(
                 axes[i, j].set_title(model, fontsize=8)
     axes[0, 0].set_title("image", fontsize=8)
     if overlay_image:
-        mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=CMAP)
+        mappable = ScalarMappable(norm=Normalize(0, 1), cmap=CMAP)
     _finish(fig, axes, mappable, title)
     return save_figure(fig, stem)

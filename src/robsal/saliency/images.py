@@ -14,15 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from robsal.config import Config
+from robsal.data import PreparedData
 from robsal.errors import ConfigError, DataError
+from robsal.models import load
+from robsal.saliency.methods import get_method
+from robsal.saliency.run import compute_maps, write_figures
+from robsal.utils import resolve_device
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """(3, size, size) uint8 from an image file: RGB, centre square crop, resize."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image {path} does not exist")
@@ -56,12 +60,6 @@ def explain_files(
     predicted class. Method options come from ``cfg.saliency``. All models must share
     classes and input size.
     """
-    from robsal.data import PreparedData
-    from robsal.models import load
-    from robsal.saliency.methods import get_method
-    from robsal.saliency.run import compute_maps, write_figures
-    from robsal.utils import resolve_device
-
     dev = resolve_device(device if device is not None else cfg.device)
     if not model_dirs or not image_paths:
         raise ConfigError("give at least one --model directory and one --image file")

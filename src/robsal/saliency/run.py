@@ -37,6 +37,7 @@ correctly-classified images"): test images classified correctly by *every* model
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,8 +48,10 @@ import torch
 from tqdm.auto import tqdm
 
 from robsal.config import Config, load_run_config
+from robsal.data import load_run_data
 from robsal.errors import CheckpointError, DataError
-from robsal.io import save_npz
+from robsal.io import load_npz, save_npz
+from robsal.models import load
 from robsal.rundir import Selection, writes_run
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
@@ -75,8 +78,6 @@ def method_options(cfg: Config, method: str, image_ids: Sequence[str] | None = N
 
 
 def _show_progress(progress: bool) -> bool:
-    import sys
-
     return bool(progress) and sys.stderr.isatty()
 
 
@@ -151,8 +152,6 @@ def explain_run(
     ``data``: the run's :class:`~robsal.data.PreparedData`; None loads it with
     ``robsal.data.load_run_data(run_dir)``. Returns model -> method -> npz path.
     """
-    from robsal.models import load
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     dev = resolve_device(device if device is not None else cfg.device)
@@ -167,8 +166,6 @@ def explain_run(
             raise CheckpointError(f"model {name!r} is missing from {run_dir / 'models'}; run `robsal train` first")
         loaded[name] = load(mdir, dev)
     if data is None:
-        from robsal.data import load_run_data
-
         data = load_run_data(run_dir)
 
     if image_ids:
@@ -198,8 +195,6 @@ def _drop_stale(run_dir: Path, written: dict[str, dict[str, Path]], ids: list[st
     metrics and the report pair them up); a file left from an earlier selection
     (other ``--images`` / ``--n-per-class``) would break that, so it goes.
     """
-    from robsal.io import load_npz
-
     keep = {p.resolve() for per in written.values() for p in per.values()}
     dropped = []
     for path in sorted((run_dir / "saliency").glob("*/*.npz")):

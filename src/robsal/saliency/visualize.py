@@ -36,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 
 from robsal.errors import ConfigError
 
@@ -131,9 +132,7 @@ def to_display(
 
 def heatmap_rgb(norm_map: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3) float RGB of a single-colour-scale heat map."""
-    import matplotlib
-
-    return matplotlib.colormaps[cmap](np.clip(norm_map, 0, 1))[..., :3]
+    return colormaps[cmap](np.clip(norm_map, 0, 1))[..., :3]
 
 
 def overlay(image: np.ndarray, norm_map: np.ndarray, *, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
