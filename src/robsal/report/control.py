@@ -61,6 +61,10 @@ def _display(m: np.ndarray) -> np.ndarray:
     return np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m)
 
 
+def _short(method: str) -> str:
+    return method.replace("integrated_gradients_", "IG ")[:16]
+
+
 def _example_figure(z: Any, i: int, models: list[str], methods: list[str]) -> str:
     import matplotlib
 
@@ -81,7 +85,7 @@ def _example_figure(z: Any, i: int, models: list[str], methods: list[str]) -> st
                 ax = axes[r, 2 * c + side]
                 ax.imshow(_display(z[f"{key}__{name}__{method}"][i]), cmap="inferno", vmin=0, vmax=1)
                 ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.4)
-                ax.set_title(f"{method[:14]}\n{key}" if r == 1 else key, fontsize=6)
+                ax.set_title(f"{_short(method)}\n{key}" if r == 1 else key, fontsize=6)
         axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7)
     return _png(fig)
 
