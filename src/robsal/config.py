@@ -238,6 +238,22 @@ class MetricsConfig:
 
 
 @dataclass
+class ControlConfig:
+    """The positive control (``robsal control``, :mod:`robsal.experiments.control`,
+    docs/positive_control.md): one synthetic artifact planted with one class at each rate.
+
+    Used only by ``robsal control``; the main job ignores this section.
+    """
+
+    artifact: Literal["hair", "ruler", "vignette", "bubble"] = "ruler"
+    planted_class: str = "mel"  # the artifact appears only on this class's images
+    rates: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])  # P(artifact | planted class); 0 = negative control
+    methods: list[str] | None = None  # saliency methods to test; None = saliency.methods
+    explain_per_class: int = 40  # test images per class whose maps are computed (reliance uses every test image)
+    examples: int = 3  # counterfactual pairs shown in the report
+
+
+@dataclass
 class Config:
     name: str = "custom"
     seed: int = 0
@@ -255,6 +271,7 @@ class Config:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     # ---------------------------------------------------------------- helpers
     def eps_scale(self) -> float:
@@ -598,6 +615,13 @@ def validate(cfg: Config) -> None:
     need(cfg.metrics.sensitivity_samples >= 1, "metrics.sensitivity_samples", "must be >= 1")
     need(cfg.metrics.batch_size >= 1, "metrics.batch_size", "must be >= 1")
     need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
+    c = cfg.control
+    need(len(c.rates) >= 1 and len(set(c.rates)) == len(c.rates), "control.rates",
+         f"needs different rates (e.g. [0, 0.5, 0.9]), got {c.rates}")
+    need(all(0.0 <= r <= 1.0 for r in c.rates), "control.rates", f"must lie in [0, 1], got {c.rates}")
+    need(c.methods is None or len(c.methods) >= 1, "control.methods", "lists no method (null = saliency.methods)")
+    need(c.explain_per_class >= 2, "control.explain_per_class", f"must be >= 2, got {c.explain_per_class}")
+    need(c.examples >= 0, "control.examples", f"must be >= 0, got {c.examples}")
     need(all(lr > 0 for lr in cfg.tune.lrs), "tune.lrs", "must all be > 0")
     need(all(b >= 1 for b in cfg.tune.batch_sizes), "tune.batch_sizes", "must all be >= 1")
 

@@ -19,7 +19,7 @@ probability ``0.35 * difficulty``, gives a lesion one cue of another class, so t
 classes overlap and the task is not trivial. The knob is *not* tuned to favour
 any model.
 
-Artifacts (class-independent unless ``spurious_ruler_mel`` is set): hairs, dark
+Artifacts (class-independent unless ``spurious_ruler_mel`` or a planted artifact is set): hairs, dark
 vignette corners, ruler marks, gel bubbles. Each has its own mask.
 
 Layout written (the HAM10000 loader reads it like the real dataset)::
@@ -61,6 +61,7 @@ from robsal.io import current_umask
 CLASSES = ("mel", "nv", "bkl")
 ARTIFACTS = ("hair", "ruler", "vignette", "bubble")
 SYNTH_VERSION = 1
+JPEG_QUALITY = 92  # of the images written
 METADATA_NAME = "HAM10000_metadata.csv"
 
 CUES = ("irregular", "variegation", "darkness", "network", "bluegrey", "milia", "waxy", "sharp")
@@ -97,13 +98,45 @@ class SynthSettings:
     bubble_rate: float = 0.15
     spurious_ruler_mel: float | None = None
     difficulty: float = 0.5
+    # A planted shortcut (the positive control, robsal.experiments.control): ``planted_artifact``
+    # appears only on images of ``planted_class``, on a share ``planted_rate`` of them, and never
+    # on the other classes (its own rate above is then unused). ``spurious_ruler_mel = p`` is the
+    # same as ("ruler", "mel", p). Written to synth.json only when set, so the files of every
+    # setting without a planted artifact stay byte-identical.
+    planted_artifact: str | None = None
+    planted_class: str | None = None
+    planted_rate: float | None = None
+
+    _PLANTED = ("planted_artifact", "planted_class", "planted_rate")
 
     @classmethod
     def from_config(cls, synth) -> SynthSettings:  # noqa: ANN001 - SynthConfig
-        return cls(**{k: getattr(synth, k) for k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: getattr(synth, k, fields[k].default) for k in fields})
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if self.planted_artifact is None:
+            for k in self._PLANTED:
+                d.pop(k)
+        return d
+
+    def shortcut(self) -> tuple[str, str, float] | None:
+        """(artifact, class, rate) of the planted shortcut, or None; DataError on a bad setting."""
+        if self.planted_artifact is None:
+            if self.planted_class is not None or self.planted_rate is not None:
+                raise DataError("planted_class and planted_rate need planted_artifact (hair, ruler, vignette or bubble)")
+            return None if self.spurious_ruler_mel is None else ("ruler", "mel", float(self.spurious_ruler_mel))
+        if self.spurious_ruler_mel is not None:
+            raise DataError("set either spurious_ruler_mel or planted_artifact, not both")
+        if self.planted_artifact not in ARTIFACTS:
+            raise DataError(f"planted_artifact {self.planted_artifact!r} is not one of {', '.join(ARTIFACTS)}")
+        if self.planted_class not in CLASSES:
+            raise DataError(f"planted_class {self.planted_class!r} is not one of {', '.join(CLASSES)}")
+        rate = self.planted_rate
+        if rate is None or not 0.0 <= float(rate) <= 1.0:
+            raise DataError(f"planted_rate must lie in [0, 1], got {rate!r}")
+        return self.planted_artifact, self.planted_class, float(rate)
 
 
 @dataclass
@@ -125,6 +158,11 @@ class SynthSample:
     mask: np.ndarray  # (H, W) bool lesion mask
     artifacts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (H, W) bool, present ones only
     skin: np.ndarray | None = None  # (H, W, 3) float32 in [0, 1]
+    # name -> (H, W) bool, for the artifacts named in render's ``hide`` or ``add`` only: every pixel
+    # whose value the artifact's painting changes (or would change), before quantisation. Equal to
+    # or inside its mask for ruler and hair; wider for bubble (faint rim and highlight) and vignette
+    # (the darkening below the mask's 30 % threshold).
+    changed: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- lesions
@@ -214,11 +252,22 @@ def render(
     rng: np.random.Generator,
     size: int,
     artifacts: tuple[str, ...] = (),
+    *,
+    hide: tuple[str, ...] = (),
+    add: dict[str, np.random.Generator] | None = None,
 ) -> SynthSample:
     """Render one view of ``lesion`` at height ``size`` (width ``round(size*4/3)``).
 
     ``rng`` draws the view (pose, skin, artifacts); the lesion's internal pattern
     comes from ``lesion.seed`` so every view shows the same lesion.
+
+    Counterfactual renders (:mod:`robsal.data.counterfactual`): an artifact named in ``hide``
+    is drawn as usual (its random draws are consumed, so everything drawn after it is
+    unchanged) but not painted; ``add`` maps an artifact absent from ``artifacts`` to its own
+    generator, which draws it (the view's ``rng`` is not touched). Artifacts are painted in
+    the fixed order bubble, hair, ruler, vignette, each a per-pixel operation, so hiding or
+    adding one changes no pixel outside its ``changed`` footprint. With the defaults the
+    result is exactly what it was before these options existed.
     """
     H, W = size, int(round(size * 4 / 3))
     ys = np.arange(H, dtype=np.float32) + 0.5
@@ -305,16 +354,29 @@ def render(
 
     # ---- artifacts
     art: dict[str, np.ndarray] = {}
-    if "bubble" in artifacts:
-        img, art["bubble"] = _bubbles(img, rng, xs, ys)
-    if "hair" in artifacts:
-        img, art["hair"] = _hairs(img, rng, H, W)
-    if "ruler" in artifacts:
-        img, art["ruler"] = _ruler(img, rng, H, W)
-    if "vignette" in artifacts:
-        img, art["vignette"] = _vignette(img, rng, xs, ys, H, W)
+    changed: dict[str, np.ndarray] = {}
+    add = add or {}
+    painters = {
+        "bubble": lambda im, r: _bubbles(im, r, xs, ys),
+        "hair": lambda im, r: _hairs(im, r, H, W),
+        "ruler": lambda im, r: _ruler(im, r, H, W),
+        "vignette": lambda im, r: _vignette(im, r, xs, ys, H, W),
+    }
+    for name in ("bubble", "hair", "ruler", "vignette"):
+        if name in artifacts:
+            painted, art[name] = painters[name](img, rng)
+        elif name in add:
+            painted, art[name] = painters[name](img, add[name])
+        else:
+            continue
+        if name in hide or name in add:
+            changed[name] = np.any(painted != img, axis=-1)
+        if name in hide:  # drawn, not painted; keep the precision the painted image would have
+            img = img.astype(painted.dtype, copy=False)
+        else:
+            img = painted
     image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return SynthSample(image=image, mask=mask, artifacts=art, skin=np.clip(skin, 0, 1))
+    return SynthSample(image=image, mask=mask, artifacts=art, skin=np.clip(skin, 0, 1), changed=changed)
 
 
 def _bubbles(img, rng, xs, ys):
@@ -397,6 +459,7 @@ def plan(settings: SynthSettings) -> list[dict]:
     lesion of a class is trimmed to hit the count exactly.
     """
     s = settings
+    shortcut = s.shortcut()
     rng = np.random.default_rng([s.seed, 0])
     per_class = [s.n // len(CLASSES) + (1 if i < s.n % len(CLASSES) else 0) for i in range(len(CLASSES))]
     rows = []
@@ -418,16 +481,16 @@ def plan(settings: SynthSettings) -> list[dict]:
         row["lesion_id"] = f"HAM_{lesion_ids[row['lesion']]:07d}"
         ar = np.random.default_rng([s.seed, 2, i])
         present = []
-        for name, rate in (("hair", s.hair_rate), ("vignette", s.vignette_rate), ("bubble", s.bubble_rate)):
-            if ar.random() < rate:
+        # one uniform draw per artifact, always in this order (hair, vignette, bubble, ruler)
+        for name, rate in (("hair", s.hair_rate), ("vignette", s.vignette_rate), ("bubble", s.bubble_rate),
+                           ("ruler", s.ruler_rate)):
+            u = ar.random()
+            if shortcut is not None and name == shortcut[0]:  # the shortcut: only (and then often) with one class
+                on = row["dx"] == shortcut[1] and u < shortcut[2]
+            else:
+                on = u < rate
+            if on:
                 present.append(name)
-        u_ruler = ar.random()
-        if s.spurious_ruler_mel is None:
-            ruler = u_ruler < s.ruler_rate
-        else:  # the shortcut: rulers only (and then often) with melanoma
-            ruler = row["dx"] == "mel" and u_ruler < s.spurious_ruler_mel
-        if ruler:
-            present.append("ruler")
         row["artifacts"] = tuple(present)
         meta = np.random.default_rng([s.seed, 3, int(row["lesion"])])
         row["dx_type"] = "histo" if row["dx"] == "mel" else str(meta.choice(["histo", "follow_up", "consensus"]))
@@ -478,7 +541,7 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
                 lesions[li] = sample_lesion(np.random.default_rng([settings.seed, 1, li]), row["dx"], settings.difficulty)
             sample = render(lesions[li], np.random.default_rng([settings.seed, 4, i]), settings.size, row["artifacts"])
             iid = row["image_id"]
-            Image.fromarray(sample.image).save(tmp / "images" / f"{iid}.jpg", quality=92)
+            Image.fromarray(sample.image).save(tmp / "images" / f"{iid}.jpg", quality=JPEG_QUALITY)
             (tmp / "masks" / f"{iid}_segmentation.png").write_bytes(_encode_png(sample.mask))
             for name, m in sample.artifacts.items():
                 (tmp / "masks" / f"{iid}_{name}.png").write_bytes(_encode_png(m))
