@@ -32,6 +32,7 @@ PINNED = {
     "sweep_explain": "7f2d9e171bbe4828",
     "sweep_evaluate": "51f16349b76c572e",
     "data_cache": "c681dc2e537c6f83",
+    "control_rate": "71e5a7b708166a81",
 }
 
 
@@ -109,6 +110,12 @@ def test_data_cache_fingerprint(cfg):
     settings = synthetic.SynthSettings.from_config(cfg.data.synth)
     fp = fingerprint(cfg, "data_cache", version=synthetic.SYNTH_VERSION, settings=settings.to_dict())
     assert fp == PINNED["data_cache"]
+
+
+def test_control_rate_covers_every_section_but_device_and_threads(cfg):
+    every = tuple(k for k in cfg.to_dict() if k not in ("device", "threads"))
+    assert set(SECTIONS["control_rate"]) == set(every)  # a new config section must join it
+    assert fingerprint(cfg, "control_rate") == PINNED["control_rate"]
 
 
 def test_unknown_entry_and_clashing_inputs_are_refused(cfg):

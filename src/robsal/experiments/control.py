@@ -46,6 +46,7 @@ from robsal.config import Config, load_run_config
 from robsal.errors import ConfigError, DataError
 from robsal.io import read_json, save_npz, write_json, write_text
 from robsal.metrics import shortcut as sc
+from robsal.rundir import RunLock, fingerprint, init_run, is_done, mark_done
 from robsal.utils import json_safe, say
 
 CONTROL_DIR = "control"
@@ -118,16 +119,11 @@ def rate_settings(cfg: Config, rate: float):  # -> SynthSettings
                    planted_rate=float(rate))
 
 
-def _fingerprint_sections(cfg: Config) -> tuple[str, ...]:
-    return tuple(k for k in cfg.to_dict() if k not in ("device", "threads"))
-
-
 # --------------------------------------------------------------------------- the command
 
 
 def run_control(cfg: Config, out: str | Path, *, device: str | None = None, progress: bool = True) -> ControlResult:
     """Train and measure every rate of ``cfg.control`` into ``out``; aggregate; write the report page."""
-    from robsal.runs import RunLock, fingerprint, init_run, is_done, mark_done  # the one import of robsal.runs
     from robsal.utils import resolve_device
 
     check_config(cfg)
@@ -140,7 +136,7 @@ def run_control(cfg: Config, out: str | Path, *, device: str | None = None, prog
         for k, rate in enumerate(rates, 1):
             rcfg = rate_config(cfg, rate, out)
             rdir = out / rate_folder(rate)
-            fp = fingerprint(rcfg, *_fingerprint_sections(rcfg))
+            fp = fingerprint(rcfg, "control_rate")
             tag = f"[control {k}/{len(rates)}] p = {rate:g}"
             if is_done(rdir, STAGE, fp) and (rdir / CONTROL_DIR / "rate.json").exists():
                 say(f"{tag}: done earlier, skipped")

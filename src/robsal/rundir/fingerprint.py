@@ -44,6 +44,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "sweep_tune": ("data", "model", "train", "tune"),
     "sweep_explain": ("seed",) + _TRAIN + ("saliency",),
     "sweep_evaluate": ("seed",) + _TRAIN + ("metrics", "saliency"),
+    # one rate of the positive control (robsal.experiments.control): everything but device and threads
+    "control_rate": ("name", "seed", "data", "augment", "model", "train", "adversary", "models", "tune",
+                     "robustness", "saliency", "metrics", "control"),
     # the synthetic dataset's shared cache folder (robsal.data.pipeline; named extras:
     # version, settings = the generator settings made from data.synth)
     "data_cache": (),
