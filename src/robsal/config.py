@@ -78,8 +78,10 @@ class SynthConfig:
 class DataConfig:
     """Dataset source, subset, splits and preprocessing (paper Section 2, Appendix A)."""
 
-    source: Literal["synthetic", "ham10000", "folder", "auto"] = "synthetic"  # auto: HAM10000 layout if a metadata CSV is there, else folder
-    root: str | None = None  # dataset folder; None with source=synthetic -> generated in RUN/data
+    # synthetic | ham10000 | folder | medmnist | medmnist:<set> | auto (auto: MedMNIST for a .npz
+    # file, HAM10000 layout if a metadata CSV is there, else folder)
+    source: str = "synthetic"
+    root: str | None = None  # dataset folder (or MedMNIST .npz file); None with source=synthetic -> generated in RUN/data
     classes: list[str] = field(default_factory=lambda: ["mel", "nv", "bkl"])
     image_size: int = 64  # side of the square model input, px (paper: 224)
     train_per_class: int | None = 800  # None = all available (unbalanced)
@@ -532,6 +534,9 @@ def validate(cfg: Config) -> None:
     for key, v in seeds.items():
         need(0 <= v < 2**63, key, f"must lie in [0, 2**63), got {v}")
     d = cfg.data
+    sources = ("synthetic", "ham10000", "folder", "medmnist", "auto")
+    need(d.source in sources or d.source.startswith("medmnist:"), "data.source",
+         f"{d.source!r} is not one of {', '.join(repr(v) for v in sources)} or 'medmnist:<set>'")
     need(d.image_size >= 16, "data.image_size", f"must be >= 16 px, got {d.image_size}")
     need(d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
          f"must be <= {MAX_IMAGE_SIZE} px (the cache holds N x 3 x size^2 bytes), got {d.image_size}")

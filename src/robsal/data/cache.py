@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from robsal.data.dicom import is_dicom, read_dicom_rgb
 from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.errors import DataError
 from robsal.io import atomic_path, check_regular_file, reserve, write_json
@@ -99,6 +100,8 @@ def _to_rgb(im: Image.Image, path: str | Path) -> Image.Image:
 
 def image_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 of any image file, decoded as :func:`load_image` decodes it (no resizing)."""
+    if is_dicom(path):
+        return read_dicom_rgb(path)
     with Image.open(path) as im:
         im.load()
         return np.asarray(_to_rgb(im, path))
@@ -112,15 +115,23 @@ def mask_bool(path: str | Path) -> np.ndarray:
 
 
 def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
-    """(3, size, size) uint8 and the original (width, height); DataError if unreadable."""
+    """(3, size, size) uint8 and the original (width, height); DataError if unreadable.
+
+    ``.dcm`` files are decoded by :func:`robsal.data.dicom.read_dicom_rgb` (rescale, window,
+    3 channels), then cropped and resized like any other image.
+    """
     check_regular_file(path, "image")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            orig = im.size
-            im = _to_rgb(im, path)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
+    if is_dicom(path):
+        im = Image.fromarray(read_dicom_rgb(path))  # (H, W, 3) uint8 -> RGB
+        orig = im.size
+    else:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                orig = im.size
+                im = _to_rgb(im, path)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
     box = _crop_box(*orig, center_crop)
     if box is not None:
         im = im.crop(box)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from robsal.data.dicom import INSTALL_HINT, available, is_dicom, read_dicom_rgb
 from robsal.data.index import DatasetIndex, Problems
 from robsal.data.prepared import ARTIFACT_NAMES
 from robsal.errors import DataError
@@ -27,6 +28,7 @@ class CheckReport:
     counts: pd.DataFrame  # index class; columns images, lesions, multi_view_lesions, without_mask
     artifact_counts: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts about the source (e.g. MedMNIST's official splits)
 
     @property
     def ok(self) -> bool:
@@ -34,6 +36,7 @@ class CheckReport:
 
     def render(self) -> str:
         lines = [f"dataset: {self.root} ({self.layout} layout)"]
+        lines += [f"note: {n}" for n in self.notes]
         if len(self.counts):
             c = self.counts
             lines.append(
@@ -53,6 +56,9 @@ class CheckReport:
 
 
 def _verify_image(path: str) -> tuple[int, int]:
+    if is_dicom(path):
+        rgb = read_dicom_rgb(path)  # DataError naming the file when unusable
+        return rgb.shape[1], rgb.shape[0]
     try:
         with Image.open(path) as im:
             im.load()
@@ -65,7 +71,15 @@ def verify_files(index: DatasetIndex, problems: Problems) -> np.ndarray:
     """Decode every image and mask (masks must have their image's size) -> (N,) bool readable image."""
     mask_cols = ["mask_path", *[f"{a}_path" for a in ARTIFACT_NAMES]]
     ok = np.ones(len(index.table), bool)
+    if index.layout == "medmnist":  # arrays in one file, checked from its headers when listed
+        return ok
+    dcm = index.table["path"].map(is_dicom).to_numpy(dtype=bool)
+    if dcm.any() and not available():
+        problems.add(f"{int(dcm.sum())} .dcm image(s) under {index.root}: {INSTALL_HINT}")
+        ok[dcm] = False
     for i, rec in enumerate(index.table.to_dict("records")):
+        if not ok[i]:
+            continue
         try:
             wh = _verify_image(rec["path"])
         except DataError as exc:
@@ -93,8 +107,7 @@ def verify_files(index: DatasetIndex, problems: Problems) -> np.ndarray:
 
 def check_dataset(root: str | Path, source: str = "auto", cfg=None) -> CheckReport:  # noqa: ANN001
     """Validate ``root``; ``cfg`` (a Config) adds the class and split-balance checks."""
-    from robsal.data.pipeline import check_classes, read_dataset
-    from robsal.data.splits import make_splits
+    from robsal.data.pipeline import check_classes, new_splits, read_dataset
 
     problems = Problems(collect=True)
     try:
@@ -113,12 +126,9 @@ def check_dataset(root: str | Path, source: str = "auto", cfg=None) -> CheckRepo
                                     columns=["images", "lesions", "multi_view_lesions", "without_mask"])
     arts = {a: int(t[f"{a}_path"].notna().sum()) for a in ARTIFACT_NAMES} if index.has_artifact_masks else {}
     if cfg is not None and len(t):
-        d = cfg.data
         try:
-            check_classes(index, d.classes)
-            make_splits(t, d.classes, train_per_class=d.train_per_class, test_per_class=d.test_per_class,
-                        val_per_class=d.val_per_class, n_folds=d.n_folds, split_by=d.split_by, seed=d.seed,
-                        source=f"the dataset at {index.root}")
+            check_classes(index, cfg.data.classes)
+            new_splits(cfg, index, t)
         except DataError as exc:
             problems.add(str(exc))
-    return CheckReport(index.root, index.layout, counts, arts, problems.items)
+    return CheckReport(index.root, index.layout, counts, arts, problems.items, list(index.notes))

@@ -64,8 +64,10 @@ def register(sub) -> None:  # noqa: ANN001
     s.set_defaults(func=_synth)
 
     c = dsub.add_parser("check", help="validate a dataset; print class counts, lesions and every problem")
-    c.add_argument("--data", required=True, help="dataset folder (HAM10000 layout or root/<class>/*)")
-    c.add_argument("--source", default="auto", choices=["auto", "ham10000", "folder"])
+    c.add_argument("--data", required=True,
+                   help="dataset folder (HAM10000 layout or root/<class>/*) or MedMNIST .npz file")
+    c.add_argument("--source", default="auto", metavar="SOURCE",
+                   help="auto (default), ham10000, folder, medmnist or medmnist:<set> (e.g. medmnist:dermamnist)")
     c.add_argument("--config", "-c", default=None,
                    help="also check that this config's classes and balanced split fit the data")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

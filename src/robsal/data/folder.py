@@ -2,9 +2,12 @@
 
 Layout::
 
-    root/<class>/<name>.png|jpg|jpeg            one sub-folder per class
+    root/<class>/<name>.png|jpg|jpeg|dcm        one sub-folder per class
     <root>_masks/<class>/<name>.png             optional lesion/object masks (sibling folder;
                                                 <name>_segmentation.png is accepted too)
+
+``.dcm`` files are single-frame DICOM images, decoded with pydicom (the ``dicom``
+extra) as :mod:`robsal.data.dicom` describes; their masks are PNGs like any other.
 
 The image id is the file name without extension and must be unique across
 classes. There is no lesion grouping information, so every image is its own
@@ -17,8 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from robsal.data.dicom import DICOM_EXTS
 from robsal.data.index import IMAGE_EXTS, INDEX_COLUMNS, DatasetIndex, Problems, check_root, inside
 from robsal.errors import DataError
+
+FOLDER_EXTS = (*IMAGE_EXTS, *DICOM_EXTS)
 
 
 def masks_root(root: Path) -> Path:
@@ -55,7 +61,7 @@ def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIn
     for cdir in class_dirs:
         label = cdir.name.lower()
         for path in sorted(cdir.iterdir()):
-            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
+            if path.name.startswith(".") or path.suffix.lower() not in FOLDER_EXTS or not path.is_file():
                 continue
             if not inside(root, path):
                 problems.add(f"{path} links outside the dataset folder {root}; copy the file in instead")
@@ -77,5 +83,5 @@ def read_folder(root: str | Path, problems: Problems | None = None) -> DatasetIn
                          "mask_path": str(mask) if mask else None})
     table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     if table.empty:
-        problems.add(f"{root}: the class folders hold no .png/.jpg images")
+        problems.add(f"{root}: the class folders hold no .png/.jpg/.dcm images")
     return DatasetIndex(root, "folder", table)

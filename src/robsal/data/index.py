@@ -46,7 +46,7 @@ class DatasetIndex:
     """Images of a dataset. ``table`` has :data:`INDEX_COLUMNS` (one row per usable image)."""
 
     root: Path
-    layout: str  # "ham10000" | "folder"
+    layout: str  # "ham10000" | "folder" | "medmnist"
     table: pd.DataFrame
     has_artifact_masks: bool = False  # any artifact mask file found (missing ones = no artifact)
     notes: list[str] = field(default_factory=list)
@@ -70,5 +70,5 @@ def check_root(root: str | Path) -> Path:
     if not root.exists():
         raise DataError(f"dataset folder {root} does not exist; pass an existing folder with --data")
     if not root.is_dir():
-        raise DataError(f"dataset path {root} is not a folder; pass the folder that holds the images")
+        raise DataError(f"dataset path {root} is not a folder; pass the folder that holds the images (or a MedMNIST .npz file)")
     return root

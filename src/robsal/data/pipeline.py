@@ -7,8 +7,10 @@ Sources (``data.source``):
   generator settings) and it is read like HAM10000.
 * ``ham10000``: :mod:`robsal.data.ham10000`.
 * ``folder``: :mod:`robsal.data.folder`.
-* ``auto``: HAM10000 when ``root`` holds a CSV with ``image_id`` and ``dx``
-  columns, else the folder layout.
+* ``medmnist`` (or ``medmnist:<set>``): ``root`` is a MedMNIST ``.npz`` file
+  (:mod:`robsal.data.medmnist`); its official train/val/test membership is kept.
+* ``auto``: MedMNIST when ``root`` is a ``.npz`` file, HAM10000 when ``root`` holds
+  a CSV with ``image_id`` and ``dx`` columns, else the folder layout.
 
 Splits: ``RUN/splits.csv`` when it exists, else ``data.splits``, else new ones
 (:func:`robsal.data.splits.make_splits`); the result is written to
@@ -28,8 +30,9 @@ from robsal.data.cache import default_cache_dir, load_arrays
 from robsal.data.folder import read_folder
 from robsal.data.ham10000 import find_metadata, looks_like_metadata, read_ham10000
 from robsal.data.index import INDEX_COLUMNS, DatasetIndex, Problems, check_root, inside
+from robsal.data.medmnist import is_medmnist_source, looks_like_npz, read_medmnist
 from robsal.data.prepared import PreparedData
-from robsal.data.splits import check_splits, make_splits, read_splits, write_splits
+from robsal.data.splits import check_splits, make_official_splits, make_splits, read_splits, write_splits
 from robsal.errors import DataError
 from robsal.rundir import fingerprint
 
@@ -37,7 +40,10 @@ SPLITS_FILE = "splits.csv"
 
 
 def detect_layout(root: str | Path) -> str:
-    """``ham10000`` when ``root`` has a metadata CSV (image_id, dx columns), else ``folder``."""
+    """``medmnist`` for a ``.npz`` file, ``ham10000`` when ``root`` has a metadata CSV (image_id, dx
+    columns), else ``folder``."""
+    if looks_like_npz(root) and not Path(root).expanduser().is_dir():
+        return "medmnist"
     root = check_root(root)
     return "ham10000" if find_metadata(root) is not None or looks_like_metadata(root) is not None else "folder"
 
@@ -45,12 +51,14 @@ def detect_layout(root: str | Path) -> str:
 def read_dataset(root: str | Path, source: str = "auto", problems: Problems | None = None) -> DatasetIndex:
     """List the dataset at ``root`` with the given layout (``auto`` detects it)."""
     layout = detect_layout(root) if source in ("auto", "synthetic") else source
+    if is_medmnist_source(layout):
+        return read_medmnist(root, layout)
     if layout == "ham10000":
         index = read_ham10000(root, problems)
     elif layout == "folder":
         index = read_folder(root, problems)
     else:
-        raise DataError(f"data.source: unknown source {source!r}; use synthetic, ham10000, folder or auto")
+        raise DataError(f"data.source: unknown source {source!r}; use synthetic, ham10000, folder, medmnist[:<set>] or auto")
     if len(index.table) == 0:  # e.g. a metadata CSV with a header and no rows
         what = "its metadata CSV lists no images" if layout == "ham10000" else "no class folder holds an image"
         raise DataError(f"{root}: the dataset is empty ({what}); point --data at a folder with images")
@@ -81,7 +89,31 @@ def dataset_root(cfg: Config, run_dir: str | Path | None = None, progress: bool 
         return synthetic_root(cfg, run_dir, progress), "ham10000"
     if d.root is None:
         raise DataError(f"data.source={d.source} needs a dataset folder: pass --data DIR (or set data.root)")
+    if is_medmnist_source(d.source) or (d.source == "auto" and detect_layout(d.root) == "medmnist"):
+        source = d.source if is_medmnist_source(d.source) else "medmnist"
+        return Path(d.root).expanduser(), source
     return check_root(d.root), d.source
+
+
+def new_splits(cfg: Config, index: DatasetIndex, table=None):  # -> DataFrame; table: rows of index.table
+    """Fresh splits of ``index`` (or of its rows ``table``) as ``cfg.data`` asks.
+
+    A dataset with an official split (MedMNIST: column ``official_split``) keeps it
+    (:func:`robsal.data.splits.make_official_splits`); others are split by
+    :func:`robsal.data.splits.make_splits`.
+    """
+    d = cfg.data
+    table = index.table if table is None else table
+    source = f"the dataset at {index.root}"
+    if "official_split" in table.columns:
+        return make_official_splits(
+            table, d.classes, train_per_class=d.train_per_class, test_per_class=d.test_per_class,
+            val_per_class=d.val_per_class, n_folds=d.n_folds, seed=d.seed, source=source,
+        )
+    return make_splits(
+        table, d.classes, train_per_class=d.train_per_class, test_per_class=d.test_per_class,
+        val_per_class=d.val_per_class, n_folds=d.n_folds, split_by=d.split_by, seed=d.seed, source=source,
+    )
 
 
 def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path | None, *, write: bool = True):  # -> DataFrame
@@ -93,10 +125,7 @@ def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path |
     elif d.splits:
         splits = read_splits(d.splits)
     else:
-        splits = make_splits(
-            index.table, d.classes, train_per_class=d.train_per_class, test_per_class=d.test_per_class,
-            val_per_class=d.val_per_class, n_folds=d.n_folds, split_by=d.split_by, seed=d.seed, source=source,
-        )
+        splits = new_splits(cfg, index)
     check_splits(splits, index.table, d.classes, source)
     if write and run_splits is not None and not run_splits.exists():
         write_splits(splits, run_splits)
@@ -148,10 +177,16 @@ def prepare(cfg: Config, run_dir: str | Path | None = None, *, progress: bool = 
     splits = make_or_reuse_splits(cfg, index, run_dir, write=False)
     rows = index.table.set_index("image_id").loc[splits["image_id"]].reset_index()
     check_contained(index, rows)
-    arrays = load_arrays(
-        rows, cfg.data.image_size, center_crop=cfg.data.center_crop, with_artifacts=index.has_artifact_masks,
-        cache_dir=cfg.data.cache_dir, progress=progress,
-    )
+    if index.layout == "medmnist":
+        from robsal.data import medmnist
+
+        arrays = medmnist.load_arrays(rows, cfg.data.image_size, center_crop=cfg.data.center_crop,
+                                      cache_dir=cfg.data.cache_dir, progress=progress)
+    else:
+        arrays = load_arrays(
+            rows, cfg.data.image_size, center_crop=cfg.data.center_crop, with_artifacts=index.has_artifact_masks,
+            cache_dir=cfg.data.cache_dir, progress=progress,
+        )
     # splits.csv only once every image of it decoded: after a bad-image error, fixing the
     # dataset (e.g. deleting the image) and re-running draws the splits again
     run_splits = Path(run_dir) / SPLITS_FILE if run_dir is not None else None

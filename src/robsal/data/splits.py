@@ -17,6 +17,9 @@ lesion trimmed (its unused views are dropped, never put in another split).
 
 Counts: ``None`` for ``train_per_class`` means all remaining images
 (unbalanced); ``None`` for ``test_per_class`` means 20 % of each class.
+
+Datasets with an official split (MedMNIST) keep it: :func:`make_official_splits`
+subsamples each class within each official split instead.
 """
 
 from __future__ import annotations
@@ -106,6 +109,11 @@ def make_splits(
             train, _ = _take(rest, train_per_class)
         for name, ids in (("train", train), ("val", val), ("test", test)):
             parts.append(pd.DataFrame({"image_id": ids, "split": name}))
+    return _with_folds(parts, table, n_folds=n_folds, split_by=split_by, seed=seed)
+
+
+def _with_folds(parts: list[pd.DataFrame], table: pd.DataFrame, *, n_folds: int, split_by: str, seed: int) -> pd.DataFrame:
+    """Chosen (image_id, split) frames -> SPLITS_COLUMNS with CV folds 1..n_folds on the train rows."""
     chosen = pd.concat(parts, ignore_index=True)
     out = chosen.merge(table[["image_id", "lesion_id", "label"]], on="image_id", how="left")
     out["fold"] = pd.array([pd.NA] * len(out), dtype="Int64")
@@ -122,6 +130,50 @@ def make_splits(
     order = {s: i for i, s in enumerate(SPLIT_NAMES)}
     out = out.sort_values(["split", "image_id"], key=lambda c: c.map(order) if c.name == "split" else c)
     return out[SPLITS_COLUMNS].reset_index(drop=True)
+
+
+def make_official_splits(
+    table: pd.DataFrame,
+    classes: list[str],
+    *,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    val_per_class: int = 0,
+    n_folds: int = 5,
+    seed: int = 0,
+    source: str = "the dataset",
+) -> pd.DataFrame:
+    """Splits that keep a dataset's own train/val/test membership (``table["official_split"]``).
+
+    Per class (index ``ci`` in ``classes``) and split: the class's images of that official
+    split, sorted by image_id, are shuffled with ``numpy.random.default_rng([seed, ci, s])``
+    (s = 0 train, 1 val, 2 test) and the first ``k`` are taken, ``k`` = ``train_per_class``,
+    ``val_per_class`` or ``test_per_class`` (``None``: all of them; ``val_per_class`` 0: no
+    val rows). No image changes split. Train rows get CV folds as in :func:`make_splits`
+    (every image is its own group). Raises DataError naming the class and the official
+    split when it has fewer images than asked.
+    """
+    parts = []
+    for ci, label in enumerate(classes):
+        sub = table[table["label"] == label]
+        for si, (name, k) in enumerate((("train", train_per_class), ("val", val_per_class), ("test", test_per_class))):
+            pool = np.sort(sub.loc[sub["official_split"] == name, "image_id"].astype(str).to_numpy())
+            want = len(pool) if k is None else k
+            if len(pool) < want:
+                key = f"{name}_per_class"
+                raise DataError(
+                    f"class {label!r} has {len(pool)} images in the official {name} split of {source} but "
+                    f"data.{key}={k}; lower data.{key} ({'0 = no val split' if name == 'val' else 'null = all of them'})"
+                )
+            if name == "train" and want < n_folds:
+                raise DataError(
+                    f"class {label!r} would have {want} train images, fewer than data.n_folds={n_folds}; "
+                    "lower data.n_folds or raise data.train_per_class"
+                )
+            rng = np.random.default_rng([seed, ci, si])
+            ids = pool[rng.permutation(len(pool))[:want]]
+            parts.append(pd.DataFrame({"image_id": ids, "split": name}))
+    return _with_folds(parts, table, n_folds=n_folds, split_by="image", seed=seed)
 
 
 def write_splits(splits: pd.DataFrame, path: str | Path) -> None:
