@@ -46,6 +46,7 @@ from robsal.config import Config, load_run_config
 from robsal.errors import ConfigError, DataError
 from robsal.io import read_json, save_npz, write_json, write_text
 from robsal.metrics import shortcut as sc
+from robsal.metrics.stats import verdict_status
 from robsal.rundir import RunLock, fingerprint, init_run, is_done, mark_done
 from robsal.utils import json_safe, say
 
@@ -508,16 +509,7 @@ def _paired_verdict(kind: str, sentence: str, robust: str, standard: str, rate: 
     defined = [t for t in tests if np.isfinite(t.get("p", float("nan")))]
     support = [t for t in defined if t["supports"]]
     contra = [t for t in defined if t["contradicts"]]
-    if not comparable:
-        status = sc.NOT_COMPARABLE
-    elif support and not contra:
-        status = "supported" if len(support) == len(defined) else "partly supported"
-    elif support and contra:
-        status = "mixed"
-    elif contra:
-        status = "contradicted"
-    else:
-        status = "not supported"
+    status = verdict_status(len(support), len(contra), len(defined)) if comparable else sc.NOT_COMPARABLE
     detail = "; ".join(sc.describe_test(t) for t in tests)
     where = f"p={rate:g}" + (f", {method}" if method else "")
     line = f"{sentence} ({robust} vs {standard}, {where}): {status}" + (f": {reason}" if not comparable else f": {detail}")

@@ -145,6 +145,21 @@ def paired_differences(
     return out
 
 
+
+def verdict_status(n_support: int, n_contra: int, n_tests: int) -> str:
+    """A claim's verdict from its tests: how many significantly support it, contradict it, and were made.
+
+    All support: "supported"; some support and none contradicts: "partly supported"; both:
+    "mixed"; only contradictions: "contradicted"; none significant: "not supported".
+    """
+    if n_support and not n_contra:
+        return "supported" if n_support == n_tests else "partly supported"
+    if n_support and n_contra:
+        return "mixed"
+    if n_contra:
+        return "contradicted"
+    return "not supported"
+
 def verdicts(pairs: list[Paired], *, alpha: float = 0.05) -> list[dict]:
     """One verdict per (robust model, method, claim) present in ``pairs``."""
     index = {(p.robust, p.method, p.metric): p for p in pairs}
@@ -156,14 +171,7 @@ def verdicts(pairs: list[Paired], *, alpha: float = 0.05) -> list[dict]:
                 continue
             support = [p for p, sign in found if p.p_holm < alpha and np.sign(p.diff) == sign]
             contra = [p for p, sign in found if p.p_holm < alpha and np.sign(p.diff) == -sign]
-            if support and not contra:
-                status = "supported" if len(support) == len(found) else "partly supported"
-            elif support and contra:
-                status = "mixed"
-            elif contra:
-                status = "contradicted"
-            else:
-                status = "not supported"
+            status = verdict_status(len(support), len(contra), len(found))
             detail = "; ".join(
                 f"{PRETTY.get(p.metric, p.metric)} {p.diff:+.3g} [{p.low:.3g}, {p.high:.3g}], {format_p(p.p_holm)}"
                 for p, _ in found

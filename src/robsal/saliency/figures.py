@@ -91,24 +91,9 @@ def method_grid(
     the mapping's order. Returns the PNG and PDF paths.
     """
     names = list(maps)
-    n = len(images)
-    fig, axes = _figure(n, 1 + len(names), (1.9 * (1 + len(names)) + 0.8, 1.9 * n))
-    mappable = None
-    for i in range(n):
-        img = image_hwc(images[i])
-        axes[i, 0].imshow(img)
-        if row_labels is not None:
-            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
-        norms = _normalise_row([maps[k][i] for k in names], scale, normalisation)
-        for j, (name, norm) in enumerate(zip(names, norms), start=1):
-            mappable = _show(axes[i, j], img, norm, overlay_image)
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=8)
-    axes[0, 0].set_title("image", fontsize=8)
-    if overlay_image:
-        mappable = ScalarMappable(norm=Normalize(0, 1), cmap=CMAP)
-    _finish(fig, axes, mappable, title)
-    return save_figure(fig, stem)
+    rows = [(image_hwc(images[i]), row_labels[i] if row_labels is not None else None, [maps[k][i] for k in names])
+            for i in range(len(images))]
+    return _grid(rows, names, stem, title, normalisation, scale, overlay_image)
 
 
 def image_grid(
@@ -128,16 +113,30 @@ def image_grid(
     methods = list(maps)
     models = list(next(iter(maps.values()))) if methods else []
     img = image_hwc(image)
-    fig, axes = _figure(len(methods), 1 + len(models), (1.9 * (1 + len(models)) + 0.8, 1.9 * len(methods)))
+    rows = [(img, method, [maps[method][m] for m in models]) for method in methods]
+    return _grid(rows, models, stem, title, normalisation, scale, overlay_image)
+
+
+def _grid(
+    rows: Sequence[tuple[np.ndarray, str | None, list[np.ndarray]]],
+    columns: Sequence[str],
+    stem: str | Path,
+    title: str,
+    normalisation: str,
+    scale: str,
+    overlay_image: bool,
+) -> list[Path]:
+    """One row per (image HWC, row label or None, maps in column order): the image, then each map."""
+    fig, axes = _figure(len(rows), 1 + len(columns), (1.9 * (1 + len(columns)) + 0.8, 1.9 * len(rows)))
     mappable = None
-    for i, method in enumerate(methods):
+    for i, (img, label, row_maps) in enumerate(rows):
         axes[i, 0].imshow(img)
-        axes[i, 0].set_ylabel(method, fontsize=7)
-        norms = _normalise_row([maps[method][m] for m in models], scale, normalisation)
-        for j, (model, norm) in enumerate(zip(models, norms), start=1):
+        if label is not None:
+            axes[i, 0].set_ylabel(label, fontsize=7)
+        for j, (name, norm) in enumerate(zip(columns, _normalise_row(row_maps, scale, normalisation)), start=1):
             mappable = _show(axes[i, j], img, norm, overlay_image)
             if i == 0:
-                axes[i, j].set_title(model, fontsize=8)
+                axes[i, j].set_title(name, fontsize=8)
     axes[0, 0].set_title("image", fontsize=8)
     if overlay_image:
         mappable = ScalarMappable(norm=Normalize(0, 1), cmap=CMAP)
