@@ -522,113 +522,127 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
-
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key}: {msg}")
+    """Range checks that types alone cannot express; the first failing one is a one-line ConfigError."""
 
     _check_numbers(cfg.to_dict())
     seeds = {"seed": cfg.seed, "data.seed": cfg.data.seed, "data.synth.seed": cfg.data.synth.seed}
     seeds.update({f"models.{m.name}.seed": m.seed for m in cfg.models if m.seed is not None})
     for key, v in seeds.items():
-        need(0 <= v < 2**63, key, f"must lie in [0, 2**63), got {v}")
-    d = cfg.data
+        _need(0 <= v < 2**63, key, f"must lie in [0, 2**63), got {v}")
+    _validate_data(cfg.data)
+    _validate_training(cfg)
+    _validate_evaluation(cfg)
+
+
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _validate_data(d: DataConfig) -> None:
     sources = ("synthetic", "ham10000", "folder", "medmnist", "auto")
-    need(d.source in sources or d.source.startswith("medmnist:"), "data.source",
+    _need(d.source in sources or d.source.startswith("medmnist:"), "data.source",
          f"{d.source!r} is not one of {', '.join(repr(v) for v in sources)} or 'medmnist:<set>'")
-    need(d.image_size >= 16, "data.image_size", f"must be >= 16 px, got {d.image_size}")
-    need(d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+    _need(d.image_size >= 16, "data.image_size", f"must be >= 16 px, got {d.image_size}")
+    _need(d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
          f"must be <= {MAX_IMAGE_SIZE} px (the cache holds N x 3 x size^2 bytes), got {d.image_size}")
-    need(len(d.classes) >= 2, "data.classes", "needs at least two classes")
-    need(len(set(d.classes)) == len(d.classes), "data.classes", "lists a class twice")
+    _need(len(d.classes) >= 2, "data.classes", "needs at least two classes")
+    _need(len(set(d.classes)) == len(d.classes), "data.classes", "lists a class twice")
     for key in ("train_per_class", "test_per_class"):
         v = getattr(d, key)
-        need(v is None or v >= 1, f"data.{key}", f"must be >= 1 or null, got {v}")
-    need(d.val_per_class >= 0, "data.val_per_class", "must be >= 0")
-    need(d.n_folds >= 2, "data.n_folds", f"must be >= 2, got {d.n_folds}")
+        _need(v is None or v >= 1, f"data.{key}", f"must be >= 1 or null, got {v}")
+    _need(d.val_per_class >= 0, "data.val_per_class", "must be >= 0")
+    _need(d.n_folds >= 2, "data.n_folds", f"must be >= 2, got {d.n_folds}")
     s = d.synth
-    need(s.n >= 3, "data.synth.n", "must be >= 3 (one image per class)")
-    need(s.size >= 16, "data.synth.size", "must be >= 16 px")
-    need(s.size <= MAX_SYNTH_SIZE, "data.synth.size", f"must be <= {MAX_SYNTH_SIZE} px, got {s.size}")
-    need(s.n <= MAX_SYNTH_IMAGES, "data.synth.n", f"must be <= {MAX_SYNTH_IMAGES} images, got {s.n}")
+    _need(s.n >= 3, "data.synth.n", "must be >= 3 (one image per class)")
+    _need(s.size >= 16, "data.synth.size", "must be >= 16 px")
+    _need(s.size <= MAX_SYNTH_SIZE, "data.synth.size", f"must be <= {MAX_SYNTH_SIZE} px, got {s.size}")
+    _need(s.n <= MAX_SYNTH_IMAGES, "data.synth.n", f"must be <= {MAX_SYNTH_IMAGES} images, got {s.n}")
     for key in ("multi_view_rate", "hair_rate", "ruler_rate", "vignette_rate", "bubble_rate", "difficulty"):
         v = getattr(s, key)
-        need(0.0 <= v <= 1.0, f"data.synth.{key}", f"must lie in [0, 1], got {v}")
-    need(
+        _need(0.0 <= v <= 1.0, f"data.synth.{key}", f"must lie in [0, 1], got {v}")
+    _need(
         s.spurious_ruler_mel is None or 0.0 <= s.spurious_ruler_mel <= 1.0,
         "data.synth.spurious_ruler_mel",
         "must lie in [0, 1] or be null",
     )
+
+
+def _validate_training(cfg: Config) -> None:
+    """augment, model, train, adversary, models and the config's name."""
     a = cfg.augment
     for key in ("brightness", "contrast", "saturation"):
-        need(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must lie in [0, 1)")
-    need(len(cfg.model.mean) == 3 and len(cfg.model.std) == 3, "model.mean/std", "need 3 values")
-    need(all(v > 0 for v in cfg.model.std), "model.std", "must be positive")
+        _need(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must lie in [0, 1)")
+    _need(len(cfg.model.mean) == 3 and len(cfg.model.std) == 3, "model.mean/std", "need 3 values")
+    _need(all(v > 0 for v in cfg.model.std), "model.std", "must be positive")
     for ph in ("phase1", "phase2"):
         p: PhaseConfig = getattr(cfg.train, ph)
-        need(p.epochs >= 0, f"train.{ph}.epochs", "must be >= 0")
-        need(p.batch_size >= 1, f"train.{ph}.batch_size", "must be >= 1")
-        need(p.lr > 0, f"train.{ph}.lr", "must be > 0")
-        need(0 < p.lr_decay <= 1, f"train.{ph}.lr_decay", "must lie in (0, 1]")
-    need(len(cfg.train.betas) == 2, "train.betas", "needs two values")
-    need(all(0 <= b < 1 for b in cfg.train.betas), "train.betas", "must lie in [0, 1)")
-    need(cfg.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    need(cfg.train.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
-    need(cfg.train.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _need(p.epochs >= 0, f"train.{ph}.epochs", "must be >= 0")
+        _need(p.batch_size >= 1, f"train.{ph}.batch_size", "must be >= 1")
+        _need(p.lr > 0, f"train.{ph}.lr", "must be > 0")
+        _need(0 < p.lr_decay <= 1, f"train.{ph}.lr_decay", "must lie in (0, 1]")
+    _need(len(cfg.train.betas) == 2, "train.betas", "needs two values")
+    _need(all(0 <= b < 1 for b in cfg.train.betas), "train.betas", "must lie in [0, 1)")
+    _need(cfg.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _need(cfg.train.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+    _need(cfg.train.num_workers >= 0, "train.num_workers", "must be >= 0")
     adv = cfg.adversary
-    need(adv.steps >= 1, "adversary.steps", f"must be >= 1, got {adv.steps}")
-    need(adv.step_size_factor > 0, "adversary.step_size_factor", "must be > 0")
-    need(adv.eps_reference_size is None or adv.eps_reference_size >= 1, "adversary.eps_reference_size",
+    _need(adv.steps >= 1, "adversary.steps", f"must be >= 1, got {adv.steps}")
+    _need(adv.step_size_factor > 0, "adversary.step_size_factor", "must be > 0")
+    _need(adv.eps_reference_size is None or adv.eps_reference_size >= 1, "adversary.eps_reference_size",
          "must be >= 1 px or null")
-    need(len(cfg.models) >= 1, "models", "lists no model to train")
+    _need(len(cfg.models) >= 1, "models", "lists no model to train")
     names = [m.name for m in cfg.models]
-    need(len(set(names)) == len(names), "models", "two models share a name")
+    _need(len(set(names)) == len(names), "models", "two models share a name")
     # names become folder names (runs/<name>, RUN/models/<name>): plain names only, never a path
-    need(_plain_name(cfg.name), "name",
+    _need(_plain_name(cfg.name), "name",
          f"{cfg.name!r} must be a plain name (letters, digits, '_', '-', '.'; not a path); "
          "choose the output folder with --out")
     for m in cfg.models:
-        need(m.eps >= 0, f"models.{m.name}.eps", f"must be >= 0, got {m.eps}")
-        need(_plain_name(m.name), "models.name", f"{m.name!r} may contain only letters, digits, '_', '-' and '.'")
-    need(all(e >= 0 for e in cfg.robustness.eps), "robustness.eps", "must be >= 0")
-    need(cfg.robustness.steps >= 1, "robustness.steps", "must be >= 1")
-    need(cfg.robustness.max_images is None or cfg.robustness.max_images >= 1, "robustness.max_images",
+        _need(m.eps >= 0, f"models.{m.name}.eps", f"must be >= 0, got {m.eps}")
+        _need(_plain_name(m.name), "models.name", f"{m.name!r} may contain only letters, digits, '_', '-' and '.'")
+
+
+def _validate_evaluation(cfg: Config) -> None:
+    """robustness, threads, saliency, metrics, tune and control."""
+    _need(all(e >= 0 for e in cfg.robustness.eps), "robustness.eps", "must be >= 0")
+    _need(cfg.robustness.steps >= 1, "robustness.steps", "must be >= 1")
+    _need(cfg.robustness.max_images is None or cfg.robustness.max_images >= 1, "robustness.max_images",
          "must be >= 1 or null")
-    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or null (the CPUs this process may use)")
-    need(cfg.saliency.n_per_class >= 1, "saliency.n_per_class", "must be >= 1")
-    need(cfg.saliency.ig_steps >= 1, "saliency.ig_steps", "must be >= 1")
-    need(cfg.saliency.ig_baselines >= 1, "saliency.ig_baselines", "must be >= 1")
-    need(cfg.saliency.smoothgrad_samples >= 1, "saliency.smoothgrad_samples", "must be >= 1")
-    need(cfg.saliency.smoothgrad_noise >= 0, "saliency.smoothgrad_noise", "must be >= 0")
-    need(cfg.saliency.batch_size >= 1, "saliency.batch_size", "must be >= 1")
-    need(cfg.saliency.figure_images >= 0, "saliency.figure_images", "must be >= 0")
-    need(cfg.metrics.n_bootstrap >= 100, "metrics.n_bootstrap", "must be >= 100")
-    need(0.0 <= cfg.metrics.min_recall <= 1.0, "metrics.min_recall", f"must lie in [0, 1], got {cfg.metrics.min_recall}")
+    _need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or null (the CPUs this process may use)")
+    _need(cfg.saliency.n_per_class >= 1, "saliency.n_per_class", "must be >= 1")
+    _need(cfg.saliency.ig_steps >= 1, "saliency.ig_steps", "must be >= 1")
+    _need(cfg.saliency.ig_baselines >= 1, "saliency.ig_baselines", "must be >= 1")
+    _need(cfg.saliency.smoothgrad_samples >= 1, "saliency.smoothgrad_samples", "must be >= 1")
+    _need(cfg.saliency.smoothgrad_noise >= 0, "saliency.smoothgrad_noise", "must be >= 0")
+    _need(cfg.saliency.batch_size >= 1, "saliency.batch_size", "must be >= 1")
+    _need(cfg.saliency.figure_images >= 0, "saliency.figure_images", "must be >= 0")
+    _need(cfg.metrics.n_bootstrap >= 100, "metrics.n_bootstrap", "must be >= 100")
+    _need(0.0 <= cfg.metrics.min_recall <= 1.0, "metrics.min_recall", f"must lie in [0, 1], got {cfg.metrics.min_recall}")
     k_min = cfg.metrics.min_explained_per_class
-    need(k_min is None or k_min >= 1, "metrics.min_explained_per_class", "must be >= 1 or null")
-    need(
+    _need(k_min is None or k_min >= 1, "metrics.min_explained_per_class", "must be >= 1 or null")
+    _need(
         k_min is None or k_min <= cfg.saliency.n_per_class,
         "metrics.min_explained_per_class",
         f"asks for {cfg.metrics.min_explained_per_class} explained images per class but saliency.n_per_class "
         f"selects at most {cfg.saliency.n_per_class}; lower it or raise saliency.n_per_class",
     )
-    need(0 < cfg.metrics.alpha < 1, "metrics.alpha", "must lie in (0, 1)")
-    need(cfg.metrics.deletion_steps >= 2, "metrics.deletion_steps", "must be >= 2")
-    need(cfg.metrics.sanity_images >= 2, "metrics.sanity_images", "must be >= 2 (the random-pair floor)")
-    need(cfg.metrics.sensitivity_radius > 0, "metrics.sensitivity_radius", "must be > 0")
-    need(cfg.metrics.sensitivity_samples >= 1, "metrics.sensitivity_samples", "must be >= 1")
-    need(cfg.metrics.batch_size >= 1, "metrics.batch_size", "must be >= 1")
-    need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
+    _need(0 < cfg.metrics.alpha < 1, "metrics.alpha", "must lie in (0, 1)")
+    _need(cfg.metrics.deletion_steps >= 2, "metrics.deletion_steps", "must be >= 2")
+    _need(cfg.metrics.sanity_images >= 2, "metrics.sanity_images", "must be >= 2 (the random-pair floor)")
+    _need(cfg.metrics.sensitivity_radius > 0, "metrics.sensitivity_radius", "must be > 0")
+    _need(cfg.metrics.sensitivity_samples >= 1, "metrics.sensitivity_samples", "must be >= 1")
+    _need(cfg.metrics.batch_size >= 1, "metrics.batch_size", "must be >= 1")
+    _need(cfg.tune.folds >= 2, "tune.folds", "must be >= 2")
     c = cfg.control
-    need(len(c.rates) >= 1 and len(set(c.rates)) == len(c.rates), "control.rates",
+    _need(len(c.rates) >= 1 and len(set(c.rates)) == len(c.rates), "control.rates",
          f"needs different rates (e.g. [0, 0.5, 0.9]), got {c.rates}")
-    need(all(0.0 <= r <= 1.0 for r in c.rates), "control.rates", f"must lie in [0, 1], got {c.rates}")
-    need(c.methods is None or len(c.methods) >= 1, "control.methods", "lists no method (null = saliency.methods)")
-    need(c.explain_per_class >= 2, "control.explain_per_class", f"must be >= 2, got {c.explain_per_class}")
-    need(c.examples >= 0, "control.examples", f"must be >= 0, got {c.examples}")
-    need(all(lr > 0 for lr in cfg.tune.lrs), "tune.lrs", "must all be > 0")
-    need(all(b >= 1 for b in cfg.tune.batch_sizes), "tune.batch_sizes", "must all be >= 1")
+    _need(all(0.0 <= r <= 1.0 for r in c.rates), "control.rates", f"must lie in [0, 1], got {c.rates}")
+    _need(c.methods is None or len(c.methods) >= 1, "control.methods", "lists no method (null = saliency.methods)")
+    _need(c.explain_per_class >= 2, "control.explain_per_class", f"must be >= 2, got {c.explain_per_class}")
+    _need(c.examples >= 0, "control.examples", f"must be >= 0, got {c.examples}")
+    _need(all(lr > 0 for lr in cfg.tune.lrs), "tune.lrs", "must all be > 0")
+    _need(all(b >= 1 for b in cfg.tune.batch_sizes), "tune.batch_sizes", "must all be >= 1")
 
 
 def _plain_name(name: str) -> bool:

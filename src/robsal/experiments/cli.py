@@ -13,6 +13,13 @@ from robsal.errors import ConfigError, UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_run(sub)
+    _register_sweep(sub)
+    _register_finetune(sub)
+    _register_control(sub)
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the whole study (data, training, saliency, metrics, report)",
@@ -26,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
+
+def _register_sweep(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "sweep",
         help="train, explain and evaluate a grid of eps x seed models; tables and plots vs eps",
@@ -58,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_sweep)
 
+
+def _register_finetune(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser(
         "finetune",
         help="standard fine-tuning of some layer groups of a robust model (paper Appendix D)",
@@ -84,6 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(func=_cmd_finetune)
 
+
+def _register_control(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "control",
         help="positive control: plant a shortcut, measure the models' reliance on it and whether the maps show it",
