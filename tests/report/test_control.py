@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -58,3 +59,35 @@ def test_section_is_escaped_and_self_contained(tmp_path):
 def test_no_control_no_section(tmp_path):
     assert control_section(tmp_path) is None
     assert write_page(tmp_path) is None
+
+
+def test_the_run_report_includes_the_control_section(fake_run):
+    from robsal.report import build_report
+
+    _write_control(fake_run.run_dir)
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    section = page[page.index('<section class="robsal-control" id="control">'): page.index('<section id="limitations">')]
+    assert "Can these maps see a shortcut?" in section and '<a href="#control">Control</a>' in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section and "75% [50%, 100%]" in section
+    assert len(re.findall(r"<script\b", page, re.I)) == 2  # the report's own two, none from the summary
+
+
+def test_robsal_report_opens_a_control_folder(tmp_path, capsys):
+    from robsal.cli import main
+    from robsal.config import load_config
+    from robsal.rundir import init_run, is_run_dir
+
+    out = init_run(load_config("tiny", ["device=cpu"]), tmp_path / "control_out")  # as `robsal control` does
+    _write_control(out)
+    assert is_run_dir(out)
+    assert main(["report", "--run", str(out)]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Can these maps see a shortcut?" in page and "no model has been trained yet" in page
+    assert write_page(out) == out / "control" / "report.html"  # the control's own page stays
+
+
+def test_a_run_without_control_has_no_control_section(fake_run):
+    from robsal.report import build_report
+
+    page = build_report(fake_run.run_dir, data=fake_run.data).read_text(encoding="utf-8")
+    assert 'id="control"' not in page and "#control" not in page

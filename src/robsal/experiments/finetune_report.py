@@ -24,7 +24,7 @@ from robsal.experiments.sweep import any_images
 from robsal.io import atomic_open, write_json
 from robsal.metrics import gate as competence
 from robsal.models import load
-from robsal.rundir import ModelRecord
+from robsal.rundir import ModelRecord, record_figure
 from robsal.saliency import select_images
 from robsal.saliency.figures import method_grid, save_figure
 from robsal.saliency.run import compute_maps
@@ -62,10 +62,21 @@ def write_outputs(
     })
     paths: list[Path] = []
     if figures:
-        paths += accuracy_figure(table, run_dir / "figures" / "finetune_accuracy")
-        paths += saliency_figure(run_dir, cfg, data, list(table["model"]), images=images, device=device,
-                                 progress=progress, not_comparable=None if gate.comparable else gate.reason)
+        paths += _recorded(run_dir, accuracy_figure(table, run_dir / "figures" / "finetune_accuracy"),
+                           "Accuracy of the standard, fine-tuned and robust models (Figure 13)")
+        paths += _recorded(run_dir, saliency_figure(
+            run_dir, cfg, data, list(table["model"]), images=images, device=device, progress=progress,
+            not_comparable=None if gate.comparable else gate.reason,
+        ), "Gradient maps: standard, the fine-tuned variants, robust (Figure 12)")
     return table, gate, paths
+
+
+def _recorded(run_dir: Path, written: list[Path], caption: str) -> list[Path]:
+    """``written``, its PNG recorded in ``RUN/figures/index.json`` (the report's section of other figures)."""
+    for p in written:
+        if p.suffix == ".png":
+            record_figure(run_dir, p, "figures", caption, producer="finetune")
+    return written
 
 
 def _order(variants: Sequence[str], info: dict[str, dict[str, Any]]) -> list[str]:

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from robsal.io import atomic_path
 from robsal.metrics.per_image import CONTROL_MODEL, Curves
+from robsal.rundir import record_figure
 
 # per-image metrics that get a box plot, by figure (the rest are in summary.csv)
 BOX_FIGURES: dict[str, tuple[str, ...]] = {
@@ -34,6 +35,14 @@ BOX_FIGURES: dict[str, tuple[str, ...]] = {
     ),
 }
 DPI = 90
+# what each figure shows (its caption in RUN/figures/index.json and the report)
+CAPTIONS = {
+    "metrics_localisation": "Localisation metrics per image: one box per method and model",
+    "metrics_sharpness": "Sharpness and complexity metrics per image: one box per method and model",
+    "metrics_alignment_faithfulness": "Alignment and faithfulness metrics per image: one box per method and model",
+    "deletion_curves": "Mean target probability along deletion (MoRF solid, LeRF dotted) and insertion (dashed)",
+    "sanity_randomisation": "Model randomisation test: similarity to the original maps as layers are randomised",
+}
 
 
 def _colours() -> list[str]:
@@ -144,12 +153,16 @@ def sanity_plot(sanity: dict[str, dict[str, Any]], path: Path) -> Path | None:
 def write_plots(
     fig_dir: str | Path, per_image: pd.DataFrame, curves: Curves, sanity: dict[str, dict[str, Any]]
 ) -> list[Path]:
-    """Every figure of the metrics stage into ``fig_dir``; returns the paths written.
+    """Every figure of the metrics stage into ``fig_dir`` (``RUN/figures``); returns the paths written.
 
     ``curves``, ``sanity``: the ``faithfulness_curves`` and ``sanity`` parts of summary.json.
+    Each figure is recorded in ``RUN/figures/index.json`` for the report's metrics section.
     """
     fig_dir = Path(fig_dir)
     paths = [box_figure(per_image, metrics, fig_dir / f"{stem}.png") for stem, metrics in BOX_FIGURES.items()]
     paths.append(deletion_plot(curves, fig_dir / "deletion_curves.png"))
     paths.append(sanity_plot(sanity, fig_dir / "sanity_randomisation.png"))
-    return [p for p in paths if p]
+    written = [p for p in paths if p]
+    for p in written:
+        record_figure(fig_dir.parent, p, "metrics", CAPTIONS.get(p.stem), producer="evaluate")
+    return written

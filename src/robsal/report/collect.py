@@ -19,9 +19,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from robsal import data as run_data
 from robsal.errors import CheckpointError, DataError, UserError
 from robsal.io import load_npz
-from robsal.rundir import RUN_MARKERS, ModelRecord, RunInfo, Selection, StageLedger, Summary, is_run_dir
+from robsal.rundir import (
+    FIGURE_INDEX, RUN_MARKERS, FigureIndex, ModelRecord, RunInfo, Selection, StageLedger, Summary, is_run_dir,
+)
 
 PER_IMAGE_COLUMNS = ["image_id", "model", "method", "metric", "value"]
 SALIENCY_KEYS = ("maps", "image_ids", "targets", "predictions")
@@ -66,7 +69,8 @@ class RunContents:
     per_image: pd.DataFrame | None = None
     summary_csv: pd.DataFrame | None = None
     summary: Summary | None = None  # metrics/summary.json
-    figures: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)  # RUN/figures/*.png
+    figure_index: FigureIndex | None = None  # RUN/figures/index.json (None: a run of an older robsal)
     data: Any = None  # robsal.data.PreparedData or None
     missing: list[str] = field(default_factory=list)
 
@@ -152,23 +156,11 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
             "pass the --out folder of `robsal run`"
         )
     run = RunContents(run_dir=run_dir)
-
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists():
-        run.config_text = cfg_path.read_text(encoding="utf-8")
-        try:
-            loaded = yaml.safe_load(run.config_text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"{cfg_path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        run.config = loaded if isinstance(loaded, dict) else None
-    else:
-        run.missing.append("config.yaml is missing: the exact config of this run is unknown.")
-
+    _read_config(run)
     if (run_dir / "run.json").exists():
         run.run_info = RunInfo.load(run_dir / "run.json")
     if (run_dir / "stages.json").exists():
         run.stages = StageLedger.load(run_dir / "stages.json")
-
     splits_path = run_dir / "splits.csv"
     if splits_path.exists():
         run.splits = _read_csv(
@@ -176,9 +168,34 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
         )
     else:
         run.missing.append("splits.csv is missing: data preparation has not run, so no dataset summary.")
+    _read_models(run)
+    _read_maps(run)
+    _read_metrics(run)
+    fig_dir = run_dir / "figures"
+    run.figures = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
+    if (run_dir / FIGURE_INDEX).exists():
+        run.figure_index = FigureIndex.load(run_dir / FIGURE_INDEX)
+    run.data = data if data is not None else _try_load_data(run)
+    return run
 
-    # models/<name>/{model.json, history.jsonl}
-    models_dir = run_dir / "models"
+
+def _read_config(run: RunContents) -> None:
+    """config.yaml: its text (shown verbatim) and its values."""
+    cfg_path = run.run_dir / "config.yaml"
+    if not cfg_path.exists():
+        run.missing.append("config.yaml is missing: the exact config of this run is unknown.")
+        return
+    run.config_text = cfg_path.read_text(encoding="utf-8")
+    try:
+        loaded = yaml.safe_load(run.config_text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{cfg_path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    run.config = loaded if isinstance(loaded, dict) else None
+
+
+def _read_models(run: RunContents) -> None:
+    """models/<name>/{model.json, history.jsonl}."""
+    models_dir = run.run_dir / "models"
     names = [p.name for p in models_dir.iterdir() if p.is_dir()] if models_dir.is_dir() else []
     for name in _model_order(run, names):
         mdir = models_dir / name
@@ -192,8 +209,10 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     if not run.models:
         run.missing.append("models/ is empty or missing: no model has been trained yet.")
 
-    # saliency/<model>/<method>.npz
-    sal_dir = run_dir / "saliency"
+
+def _read_maps(run: RunContents) -> None:
+    """saliency/<model>/<method>.npz and saliency/selection.json."""
+    sal_dir = run.run_dir / "saliency"
     sal_models = [p.name for p in sal_dir.iterdir() if p.is_dir()] if sal_dir.is_dir() else []
     for name in _model_order(run, sal_models):
         per_method: dict[str, SaliencySet] = {}
@@ -206,7 +225,10 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
     elif (sal_dir / "selection.json").exists():
         run.selection = Selection.load(sal_dir / "selection.json")
 
-    metrics_dir = run_dir / "metrics"
+
+def _read_metrics(run: RunContents) -> None:
+    """metrics/per_image.csv, summary.csv and summary.json."""
+    metrics_dir = run.run_dir / "metrics"
     fix = "re-run `robsal evaluate` to rewrite it"
     if (metrics_dir / "per_image.csv").exists():
         run.per_image = _read_csv(metrics_dir / "per_image.csv", PER_IMAGE_COLUMNS, fix)
@@ -219,12 +241,6 @@ def collect(run_dir: str | Path, data: Any = None) -> RunContents:
         run.summary = Summary.load(metrics_dir / "summary.json")
     if run.summary_csv is None and run.summary is None:
         run.missing.append("metrics/summary.csv and summary.json are missing: no statistics yet.")
-
-    fig_dir = run_dir / "figures"
-    run.figures = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
-
-    run.data = data if data is not None else _try_load_data(run)
-    return run
 
 
 def _read_saliency(path: Path) -> SaliencySet:
@@ -255,12 +271,7 @@ def _try_load_data(run: RunContents) -> Any:
     if run.splits is None or run.config is None:
         return None
     try:
-        from robsal.data import load_run_data  # type: ignore[attr-defined]
-    except ImportError:
-        run.missing.append("example images: this robsal build cannot load run data (robsal.data.load_run_data).")
-        return None
-    try:
-        return load_run_data(run.run_dir)
+        return run_data.load_run_data(run.run_dir)  # looked up at call time: tests replace it
     except (DataError, UserError, OSError) as exc:
         run.missing.append(f"example images: the run's images could not be loaded ({exc}).")
         return None

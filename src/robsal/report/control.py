@@ -17,16 +17,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
+import pandas as pd
 
+from robsal.experiments.control import CONTROL_DIR, rate_folder
 from robsal.io import read_json, write_text
+from robsal.metrics.shortcut import DETECTS, DOES_NOT, describe_test
 
 TEMPLATE = "control.html.j2"
 
 
-def _env():  # noqa: ANN202 - jinja2.Environment
-    import jinja2
-
+def _env() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -96,8 +98,6 @@ def _rate_key(r: float) -> str:
 
 def control_section(run_dir: str | Path) -> str | None:
     """The section's HTML fragment for a control folder, or None when ``run_dir/control/summary.json`` is absent."""
-    from robsal.experiments.control import CONTROL_DIR, rate_folder
-
     run_dir = Path(run_dir)
     path = run_dir / CONTROL_DIR / "summary.json"
     if not path.exists():
@@ -125,8 +125,6 @@ def control_section(run_dir: str | Path) -> str | None:
         "lift": _ci(d.get("lift"), d.get("lift_low"), d.get("lift_high")),
         "auroc": _ci(d.get("flip_auroc"), d.get("flip_auroc_low"), d.get("flip_auroc_high")), "n": d.get("n", ""),
     } for d in s.get("detection", [])]
-    from robsal.metrics.shortcut import DETECTS, DOES_NOT, describe_test
-
     detection_verdicts = []
     for v in s.get("verdicts", []):
         if v.get("kind") != "detection":
@@ -173,8 +171,6 @@ def control_section(run_dir: str | Path) -> str | None:
 
 
 def _per_image(path: Path) -> dict[tuple[str, str], dict]:
-    import pandas as pd
-
     if not path.exists():
         return {}
     df = pd.read_csv(path, dtype={"image_id": str})

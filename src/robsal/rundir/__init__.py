@@ -4,22 +4,27 @@
   (:mod:`~robsal.rundir.schema`: their field checks and base class).
 - :mod:`~robsal.rundir.fingerprint`: the one fingerprint over the declared ``SECTIONS`` table
   and the one completeness check of a trained model.
-- :mod:`~robsal.rundir.layout`: creating a run (``init_run``), what makes a folder a run.
+- :mod:`~robsal.rundir.layout`: creating a run (``init_run``), what makes a folder a run, recording
+  a figure in ``figures/index.json`` (``record_figure``).
 - :mod:`~robsal.rundir.lock`: ``RunLock`` and ``writes_run`` (one writer per run).
 - :mod:`~robsal.rundir.stages`: ``Stage``, the stage ledger and the runner ``robsal run`` uses.
 """
 
 from robsal.rundir.fingerprint import SECTIONS, fingerprint, is_complete
 from robsal.rundir.layout import (
+    FIGURE_INDEX,
     RUN_MARKERS,
     STAGES_FILE,
     config_from_yaml_text,
     has_results,
     init_run,
     is_run_dir,
+    record_figure,
 )
 from robsal.rundir.lock import RunLock, writes_run
 from robsal.rundir.records import (
+    FigureEntry,
+    FigureIndex,
     Gate,
     ModelMetrics,
     ModelRecord,
@@ -36,8 +41,8 @@ from robsal.rundir.records import (
 from robsal.rundir.stages import Stage, clear_stage, is_done, mark_done, read_stages, run_stages
 
 __all__ = [
-    "RUN_MARKERS", "SECTIONS", "STAGES_FILE", "Gate", "ModelMetrics", "ModelRecord", "ModelRecordError",
-    "RecordError", "RunInfo", "RunLock", "Selection", "Stage", "StageLedger", "StageRecord", "Summary",
+    "FIGURE_INDEX", "RUN_MARKERS", "SECTIONS", "STAGES_FILE", "FigureEntry", "FigureIndex", "Gate", "ModelMetrics",
+    "ModelRecord", "ModelRecordError", "RecordError", "RunInfo", "RunLock", "Selection", "Stage", "StageLedger", "StageRecord", "Summary",
     "SummaryModel", "Verdict", "clear_stage", "config_from_yaml_text", "fingerprint", "has_results", "init_run",
-    "is_complete", "is_done", "is_run_dir", "mark_done", "read_stages", "run_stages", "writes_run",
+    "is_complete", "is_done", "is_run_dir", "mark_done", "read_stages", "record_figure", "run_stages", "writes_run",
 ]

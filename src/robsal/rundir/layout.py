@@ -4,7 +4,7 @@ Layout (a contract; see DESIGN.md)::
 
     RUN/config.yaml   RUN/run.json   RUN/splits.csv   RUN/models/<name>/...
     RUN/saliency/<model>/<method>.npz   RUN/saliency/selection.json
-    RUN/metrics/...   RUN/figures/...  RUN/report.html   RUN/stages.json   RUN/.lock
+    RUN/metrics/...   RUN/figures/... (+ figures/index.json)  RUN/report.html   RUN/stages.json   RUN/.lock
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import yaml
 from robsal.config import Config, from_dict, load_run_config
 from robsal.errors import ConfigError
 from robsal.io import write_text
-from robsal.rundir.records import RunInfo
+from robsal.rundir.records import FigureEntry, FigureIndex, RunInfo
 from robsal.utils import git_commit
 
 STAGES_FILE = "stages.json"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
+FIGURE_INDEX = "figures/index.json"
 
 # what every folder robsal ran in holds
 RUN_MARKERS = ("config.yaml", "run.json", "stages.json", "models", "splits.csv")
@@ -94,3 +95,21 @@ def is_run_dir(path: str | Path) -> bool:
     """Whether ``path`` is a folder that robsal has run in (it holds one of :data:`RUN_MARKERS`)."""
     path = Path(path)
     return path.is_dir() and any((path / n).exists() for n in RUN_MARKERS)
+
+
+def record_figure(
+    run_dir: str | Path, path: str | Path, section: str, caption: str | None = None, producer: str | None = None
+) -> None:
+    """Add the figure ``path`` (a file inside ``run_dir``) to ``RUN/figures/index.json``.
+
+    section:  the id of the report section that shows it (``"metrics"``, ``"saliency"``,
+              ``"training"``, ...; ``"figures"`` = the section of other figures).
+    caption:  one sentence saying what the figure shows; producer: the stage that wrote it.
+    A figure recorded again (a stage that ran again) replaces its earlier record.
+    """
+    run_dir = Path(run_dir)
+    rel = Path(path).resolve().relative_to(run_dir.resolve()).as_posix()  # ValueError: not inside the run
+    index_path = run_dir / FIGURE_INDEX
+    index = FigureIndex.load(index_path) if index_path.exists() else FigureIndex()
+    index.add(FigureEntry(path=rel, section=section, caption=caption, producer=producer))
+    index.save(index_path)

@@ -8,6 +8,7 @@ file                           record                 written by
 ``stages.json``                :class:`StageLedger`   every stage runner (``robsal run``, sweeps)
 ``saliency/selection.json``    :class:`Selection`     ``robsal explain``
 ``run.json``                   :class:`RunInfo`       ``robsal run`` / ``train`` (``init_run``)
+``figures/index.json``         :class:`FigureIndex`   every stage that writes figures (``record_figure``)
 =============================  =====================  ==========================================
 
 Each record has one ``load(path)`` that checks the types of the fields readers rely on
@@ -31,8 +32,8 @@ from robsal.rundir.schema import (
 )
 
 __all__ = [
-    "Gate", "ModelMetrics", "ModelRecord", "ModelRecordError", "RecordError", "RunInfo", "Selection", "StageLedger",
-    "StageRecord", "Summary", "SummaryModel", "Verdict",
+    "FigureEntry", "FigureIndex", "Gate", "ModelMetrics", "ModelRecord", "ModelRecordError", "RecordError", "RunInfo",
+    "Selection", "StageLedger", "StageRecord", "Summary", "SummaryModel", "Verdict",
 ]
 
 
@@ -262,6 +263,53 @@ class RunInfo(Record):
     @classmethod
     def fix(cls, path: Path) -> str:
         return "delete it; `robsal run` writes it again"
+
+
+# --------------------------------------------------------------------------- figures/index.json
+
+_RUN_PATH = (lambda v: isinstance(v, str) and bool(v) and not v.startswith("/") and ".." not in v.split("/"),
+             "a path inside the run folder, like 'figures/x.png'")
+
+
+@dataclass
+class FigureEntry(Record):
+    """One figure: its file (relative to the run folder), the report section that shows it, a caption."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("path", "section")
+
+    path: str = field(default="", metadata=check(_RUN_PATH, nullable=False))
+    section: str = field(default="figures", metadata=check(STR, nullable=False))  # a section id of report.html
+    caption: str | None = field(default=None, metadata=check(opt(STR)))
+    producer: str | None = field(default=None, metadata=check(opt(STR)))  # the stage that wrote it
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def fix(cls, path: Path) -> str:
+        return FigureIndex.fix(path)
+
+
+@dataclass
+class FigureIndex(Record):
+    """``figures/index.json``: the figures the stages wrote (PNG; a PDF beside one has its stem) and their sections.
+
+    The report places each figure in the section its record names; a run folder without
+    the file (made by an older robsal) gets its figures listed in one section.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("figures",)
+
+    figures: list[FigureEntry] = field(default_factory=list, metadata=many(FigureEntry))
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def fix(cls, path: Path) -> str:
+        return "delete it (the report then lists every figure in one section) or re-run the stage that wrote them"
+
+    def add(self, entry: FigureEntry) -> None:
+        """Record ``entry``, replacing the record of the same file (a stage that ran again)."""
+        self.figures = [f for f in self.figures if f.path != entry.path] + [entry]
 
 
 # --------------------------------------------------------------------------- stages.json

@@ -52,7 +52,7 @@ from robsal.data import load_run_data
 from robsal.errors import CheckpointError, DataError
 from robsal.io import load_npz, save_npz
 from robsal.models import load
-from robsal.rundir import Selection, writes_run
+from robsal.rundir import Selection, record_figure, writes_run
 from robsal.saliency.figures import image_grid, method_grid
 from robsal.saliency.methods import explain, get_method, predicted
 from robsal.saliency.seeds import image_seeds
@@ -299,7 +299,7 @@ def write_figures(
     paths: list[Path] = []
     norm = cfg.saliency.reduction
     for method, per_model in raw.items():
-        paths += method_grid(
+        written = method_grid(
             images,
             {name: m[show] for name, m in per_model.items()},
             fig_dir / f"saliency_{method}",
@@ -307,16 +307,28 @@ def write_figures(
             row_labels=row_labels,
             normalisation=norm,
         )
+        _record(run_dir, written, f"{method}: every model's maps of the same images (Figure 1/5 style)")
+        paths += written
     for j, i in enumerate(show):
         per = {method: {name: m[i] for name, m in per_model.items()} for method, per_model in raw.items()}
-        paths += image_grid(
+        written = image_grid(
             images[j],
             per,
             fig_dir / f"saliency_image_{_safe(str(ids[i]))}",
             title=f"{ids[i]} ({_class_name(data.classes, labels[i])})",
             normalisation=norm,
         )
+        _record(run_dir, written, f"{ids[i]} ({_class_name(data.classes, labels[i])}): every method and model "
+                "(Figures 6-8 style)")
+        paths += written
     return paths
+
+
+def _record(run_dir: Path, written: list[Path], caption: str) -> None:
+    """Record the PNG of a figure in RUN/figures/index.json (the report's section of other figures)."""
+    for path in written:
+        if path.suffix == ".png":
+            record_figure(run_dir, path, "figures", caption, producer="explain")
 
 
 def _spread(labels: np.ndarray, limit: int) -> list[int]:

@@ -21,6 +21,7 @@ from robsal.config import Config
 from robsal.data import load_run_data
 from robsal.experiments.sweep.grid import Cell
 from robsal.io import load_npz
+from robsal.rundir import record_figure
 from robsal.saliency.figures import method_grid, save_figure
 
 # metrics drawn in the metric-vs-eps figures (the table has every metric)
@@ -87,23 +88,37 @@ def _stability_figure(stab: pd.DataFrame, stem: Path) -> list[Path]:
 def write_figures(
     out: Path, cfg: Config, table: pd.DataFrame, ok: Sequence[Cell], data: Any, method: str
 ) -> list[Path]:
-    """Every figure of the sweep from its table and the maps of ``method``; the paths written."""
+    """Every figure of the sweep from its table and the maps of ``method``; the paths written.
+
+    Each figure is recorded in ``SWEEP/figures/index.json`` with the report section that shows it.
+    """
     fig_dir = out / "figures"
     paths: list[Path] = []
     acc = table[table["section"] == "accuracy"]
     if len(acc):
-        paths += _accuracy_figure(acc, fig_dir / "sweep_accuracy")
+        paths += _recorded(out, _accuracy_figure(acc, fig_dir / "sweep_accuracy"), "figures",
+                           "Clean and robust accuracy against training eps")
     sal = table[table["section"] == "saliency"]
     for m in sorted(set(sal["method"])):
         d = sal[sal["method"] == m]
         shown = [x for x in PLOT_METRICS if (d["metric"] == x).any()]
         if shown:
-            paths += _metrics_figure(d, m, shown, cfg.metrics.alpha, fig_dir / f"sweep_metrics_{m}")
+            paths += _recorded(out, _metrics_figure(d, m, shown, cfg.metrics.alpha, fig_dir / f"sweep_metrics_{m}"),
+                               "metrics", f"{m}: metrics against training eps")
     stab = table[table["section"] == "stability"]
     if len(stab):
-        paths += _stability_figure(stab, fig_dir / "sweep_stability")
+        paths += _recorded(out, _stability_figure(stab, fig_dir / "sweep_stability"), "metrics",
+                           "Seed stability of the maps against training eps")
     paths += _map_grids(out, cfg, ok, data, method)
     return paths
+
+
+def _recorded(out: Path, written: list[Path], section: str, caption: str) -> list[Path]:
+    """``written``, its PNG recorded in ``out/figures/index.json`` under ``section``."""
+    for p in written:
+        if p.suffix == ".png":
+            record_figure(out, p, section, caption, producer="sweep")
+    return written
 
 
 # --------------------------------------------------------------------------- map grids (Figures 10, 11)
@@ -157,12 +172,14 @@ def _map_grids(out: Path, cfg: Config, ok: Sequence[Cell], data: Any, method: st
         c = min(by_eps[eps], key=lambda x: x.seed)
         label = f"eps {eps:g}" + (" (standard)" if eps == 0 else "")
         columns[f"{label}, seed {c.seed}"] = maps[c.name][show]
-    paths = method_grid(images, columns, out / "figures" / f"sweep_grid_{method}",
-                        title=f"{method} maps vs training eps (Figure 11)", **grid)
+    paths = _recorded(out, method_grid(images, columns, out / "figures" / f"sweep_grid_{method}",
+                                       title=f"{method} maps vs training eps (Figure 11)", **grid),
+                      "figures", f"{method} maps against training eps (Figure 11)")
     for eps, group in sorted(by_eps.items()):
         if len(group) < 2:
             continue
         cols = {f"seed {c.seed}": maps[c.name][show] for c in sorted(group, key=lambda x: x.seed)}
-        paths += method_grid(images, cols, out / "figures" / f"sweep_seeds_{method}_eps{eps:g}",
-                             title=f"{method} maps, eps {eps:g}, seeds (Figure 10)", **grid)
+        paths += _recorded(out, method_grid(images, cols, out / "figures" / f"sweep_seeds_{method}_eps{eps:g}",
+                                            title=f"{method} maps, eps {eps:g}, seeds (Figure 10)", **grid),
+                           "figures", f"{method} maps of the seeds at eps {eps:g} (Figure 10)")
     return paths
