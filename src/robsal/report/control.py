@@ -104,7 +104,7 @@ def control_section(run_dir: str | Path) -> str | None:
         return None
     s = read_json(path)
     rates = [float(r) for r in s.get("rates", [])]
-    models, methods = list(s.get("models", [])), list(s.get("methods", []))
+    models = list(s.get("models", []))
     ci_pct = round(100 * (1 - float(s.get("alpha", 0.05))))
 
     rel: dict[tuple, dict] = {(r["rate"], r["model"], r["group"], r["metric"]): r for r in s.get("reliance", [])}
