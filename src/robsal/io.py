@@ -32,6 +32,11 @@ class DiskFullError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system's "no space left" or "quota exceeded"."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
 def current_umask() -> int:
     """The process's umask (read without changing it)."""
     mask = os.umask(0)
