@@ -32,6 +32,11 @@ class DiskFullError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system's "no space left" or "quota exceeded"."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
 def current_umask() -> int:
     """The process's umask (read without changing it)."""
     mask = os.umask(0)
@@ -190,9 +195,29 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of ``path``: a regular file of at most 64 MiB holding a JSON object.
+
+    Anything else (a pipe, a device, a huge file, no UTF-8, no JSON, a list or a number) is one
+    line, :class:`robsal.rundir.RecordError` naming the file. A missing file stays
+    ``FileNotFoundError``. The fields are checked by the typed records of :mod:`robsal.rundir`.
+    """
+    from robsal.rundir.schema import RecordError, check_record_file, type_name
+
+    fix = "restore it, or delete it and re-run the stage that writes it"
+    check_record_file(path, fix)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path} is not UTF-8 text; {fix}") from None
+    except RecursionError:
+        raise RecordError(f"{path} nests too deeply to be a robsal record; {fix}") from None
+    if not isinstance(doc, dict):
+        raise RecordError(f"{path} must hold a JSON object, not {type_name(doc)}; {fix}")
+    return doc
 
 
 def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:

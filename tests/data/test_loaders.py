@@ -168,6 +168,19 @@ def test_data_check_lists_every_problem_at_once(ham_dir):
     assert report.counts.loc["nv", "lesions"] == 6
 
 
+def test_data_check_refuses_the_masks_and_files_training_refuses(ham_dir):
+    """data check decodes as training does: a mask of values {0, 7} and a FIFO as mask are problems."""
+    masks = sorted(ham_dir.rglob("*_Segmentation.png"))
+    a = np.asarray(Image.open(masks[0])).copy()
+    a[a > 0] = 7
+    Image.fromarray(a).save(masks[0])
+    masks[1].unlink()
+    os.mkfifo(masks[1])
+    text = "\n".join(check_dataset(ham_dir).problems)
+    assert f"{masks[0]}: mask values are {{0, 7}}" in text
+    assert f"mask {masks[1]} is not a regular file" in text
+
+
 def test_cli_bad_input_is_one_line_exit_2(ham_dir, tmp_path, capsys):
     next(ham_dir.rglob("ISIC_1000004.jpg")).unlink()
     rc = main(["data", "check", "--data", str(ham_dir)])

@@ -73,6 +73,10 @@ def _crop_box(w: int, h: int, center_crop: bool) -> tuple[int, int, int, int] | 
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
+# what to do about an image that cannot be used (the metadata row must go too, or the dataset lacks a file)
+BAD_IMAGE_FIX = "replace the file, or delete it (and its row of the metadata CSV, if the dataset has one)"
+
+
 def _to_rgb(im: Image.Image, path: str | Path) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB with its values scaled from the mode's real range.
 
@@ -86,7 +90,7 @@ def _to_rgb(im: Image.Image, path: str | Path) -> Image.Image:
         return im.convert("RGB")
     a = np.asarray(im, dtype=np.float64)
     if a.size == 0 or not np.isfinite(a).all():
-        raise DataError(f"{path}: image has no pixels or non-finite values; replace the file or remove it from the dataset")
+        raise DataError(f"{path}: image has no pixels or non-finite values; {BAD_IMAGE_FIX}")
     lo, hi = float(a.min()), float(a.max())
     if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
         a = a / 65535.0
@@ -131,7 +135,7 @@ def load_image(path: str | Path, size: int, center_crop: bool = True) -> tuple[n
                 orig = im.size
                 im = _to_rgb(im, path)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
+            raise DataError(f"{path}: cannot read image ({exc}); {BAD_IMAGE_FIX}") from None
     box = _crop_box(*orig, center_crop)
     if box is not None:
         im = im.crop(box)

@@ -56,19 +56,28 @@ class CheckReport:
 
 
 def _verify_image(path: str) -> tuple[int, int]:
+    """Decode ``path`` as training does (robsal.data.cache); its (width, height)."""
+    from robsal.data.cache import BAD_IMAGE_FIX, _to_rgb
+    from robsal.io import check_regular_file
+
+    check_regular_file(path, "image")
     if is_dicom(path):
         rgb = read_dicom_rgb(path)  # DataError naming the file when unusable
         return rgb.shape[1], rgb.shape[0]
     try:
         with Image.open(path) as im:
             im.load()
+            _to_rgb(im, path)  # the value checks of training (non-finite pixels)
             return im.size
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc}); replace the file or remove it from the dataset") from None
+        raise DataError(f"{path}: cannot read image ({exc}); {BAD_IMAGE_FIX}") from None
 
 
 def verify_files(index: DatasetIndex, problems: Problems) -> np.ndarray:
     """Decode every image and mask (masks must have their image's size) -> (N,) bool readable image."""
+    from robsal.data.cache import _binary_mask
+    from robsal.io import check_regular_file
+
     mask_cols = ["mask_path", *[f"{a}_path" for a in ARTIFACT_NAMES]]
     ok = np.ones(len(index.table), bool)
     if index.layout == "medmnist":  # arrays in one file, checked from its headers when listed
@@ -91,9 +100,14 @@ def verify_files(index: DatasetIndex, problems: Problems) -> np.ndarray:
             if mp is None or pd.isna(mp):
                 continue
             try:
+                check_regular_file(mp, "mask")
                 with Image.open(mp) as m:
                     m.load()
                     size = m.size
+                    _binary_mask(m, mp)  # the values training accepts: {0, 1} or {0, 255}
+            except DataError as exc:
+                problems.add(str(exc))
+                continue
             except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
                 problems.add(f"{mp}: cannot read mask ({exc}); replace or delete the mask file")
                 continue

@@ -61,6 +61,8 @@ def read_dataset(root: str | Path, source: str = "auto", problems: Problems | No
         raise DataError(f"data.source: unknown source {source!r}; use synthetic, ham10000, folder, medmnist[:<set>] or auto")
     if len(index.table) == 0:  # e.g. a metadata CSV with a header and no rows
         what = "its metadata CSV lists no images" if layout == "ham10000" else "no class folder holds an image"
+        if problems is not None and problems.items:  # data check: the reasons are listed already
+            what = "no usable image, for the reasons above"
         raise DataError(f"{root}: the dataset is empty ({what}); point --data at a folder with images")
     return index
 
@@ -78,7 +80,10 @@ def synthetic_root(cfg: Config, run_dir: str | Path | None, progress: bool = Tru
     if have is not None and {k: have.get(k) for k in wanted} == wanted:
         return root
     if root.exists() and any(root.iterdir()) and have is None:
-        raise DataError(f"{root} holds files that are not a robsal synthetic dataset; move them away")
+        raise DataError(
+            f"{root} holds files but no readable synth.json, so it is not a robsal synthetic dataset; "
+            "move the files away (robsal then generates the dataset there again)"
+        )
     return synthetic.generate(root, settings, progress=progress, overwrite=True)
 
 
@@ -120,13 +125,16 @@ def make_or_reuse_splits(cfg: Config, index: DatasetIndex, run_dir: str | Path |
     d = cfg.data
     run_splits = Path(run_dir) / SPLITS_FILE if run_dir is not None else None
     source = f"the dataset at {index.root}"
+    path, fix = None, "use the splits file made for this dataset"
     if run_splits is not None and run_splits.exists():
-        splits = read_splits(run_splits)
+        splits, path = read_splits(run_splits), run_splits
+        # the run's own record (edited or damaged): drawn again from the same seed it is the same
+        fix = "restore it, or delete it to draw the splits again (same config, same splits)"
     elif d.splits:
-        splits = read_splits(d.splits)
+        splits, path = read_splits(d.splits), d.splits
     else:
         splits = new_splits(cfg, index)
-    check_splits(splits, index.table, d.classes, source)
+    check_splits(splits, index.table, d.classes, source, path, fix)
     if write and run_splits is not None and not run_splits.exists():
         write_splits(splits, run_splits)
     return splits

@@ -211,24 +211,26 @@ def read_splits(path: str | Path) -> pd.DataFrame:
     return df[SPLITS_COLUMNS].reset_index(drop=True)
 
 
-def check_splits(splits: pd.DataFrame, table: pd.DataFrame, classes: list[str], source: str) -> None:
-    """A reused splits file must match the dataset: known ids, same labels, known classes."""
+def check_splits(
+    splits: pd.DataFrame, table: pd.DataFrame, classes: list[str], source: str, path: str | Path | None = None,
+    fix: str = "use the splits file made for this dataset",
+) -> None:
+    """A reused splits file (``path``, when known) must match the dataset: known ids, same labels,
+    known classes. ``fix``: what the one-line DataError tells the user to do."""
+    where = f"{path}" if path is not None else "splits"
     known = table.set_index("image_id")["label"]
     missing = ~splits["image_id"].isin(known.index)
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
-        raise DataError(
-            f"splits row {i + 2}: image {splits['image_id'].iloc[i]} is not in {source}; "
-            "use the splits file made for this dataset"
-        )
+        raise DataError(f"{where} row {i + 2}: image {splits['image_id'].iloc[i]} is not in {source}; {fix}")
     lab = known.loc[splits["image_id"]].to_numpy()
     diff = lab != splits["label"].to_numpy()
     if diff.any():
         i = int(np.flatnonzero(diff)[0])
         raise DataError(
-            f"splits row {i + 2}: image {splits['image_id'].iloc[i]} is labelled {splits['label'].iloc[i]!r} "
-            f"but {source} says {lab[i]!r}"
+            f"{where} row {i + 2}: image {splits['image_id'].iloc[i]} is labelled {splits['label'].iloc[i]!r} "
+            f"but {source} says {lab[i]!r}; {fix}"
         )
     extra = sorted(set(splits["label"]) - set(classes))
     if extra:
-        raise DataError(f"the splits file has class(es) {', '.join(extra)} not in data.classes ({', '.join(classes)})")
+        raise DataError(f"{where}: class(es) {', '.join(extra)} not in data.classes ({', '.join(classes)}); {fix}")

@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from robsal.errors import DataError
-from robsal.io import current_umask
+from robsal.io import DiskFullError, current_umask, is_disk_full
 
 CLASSES = ("mel", "nv", "bkl")
 ARTIFACTS = ("hair", "ruler", "vignette", "bubble")
@@ -517,60 +517,78 @@ def generate(out: str | Path, settings: SynthSettings, *, progress: bool = True,
     before the manifest existed, the files its metadata CSV names); any other file the user
     put in ``out`` is kept.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    existed = out.exists() and any(out.iterdir())
+    if existed:
         if not overwrite:
             raise DataError(f"{out} already holds files; choose an empty or new --out folder")
         if not (out / "synth.json").exists():
             raise DataError(f"{out} is not a synthetic dataset (no synth.json); refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the dataset folder gets the usual mode
     t0 = time.perf_counter()
+    tmp: Path | None = None
     try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        rows = plan(settings)
-        lesions: dict[int, Lesion] = {}
-        bar = tqdm(rows, desc="synth", unit="img", disable=not (progress and sys.stderr.isatty()), leave=False)
-        for i, row in enumerate(bar):
-            li = row["lesion"]
-            if li not in lesions:
-                lesions[li] = sample_lesion(np.random.default_rng([settings.seed, 1, li]), row["dx"], settings.difficulty)
-            sample = render(lesions[li], np.random.default_rng([settings.seed, 4, i]), settings.size, row["artifacts"])
-            iid = row["image_id"]
-            Image.fromarray(sample.image).save(tmp / "images" / f"{iid}.jpg", quality=JPEG_QUALITY)
-            (tmp / "masks" / f"{iid}_segmentation.png").write_bytes(_encode_png(sample.mask))
-            for name, m in sample.artifacts.items():
-                (tmp / "masks" / f"{iid}_{name}.png").write_bytes(_encode_png(m))
-        cols = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", *ARTIFACTS]
-        with open(tmp / METADATA_NAME, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for row in rows:
-                flags = [int(a in row["artifacts"]) for a in ARTIFACTS]
-                w.writerow([row[c] for c in cols[:7]] + flags)
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        info = {"version": SYNTH_VERSION, "settings": settings.to_dict(), "classes": list(CLASSES),
-                "seconds": round(time.perf_counter() - t0, 3), "files": [*files, "synth.json"]}
-        (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        owned = _owned_files(out) if out.exists() else set()
-        if not (out.exists() and _foreign_files(out, owned)):  # the usual case: swap the whole folder at once
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        else:  # keep the user's files: remove only the generator's old files, move the new ones in
-            for rel in owned:
-                (out / rel).unlink(missing_ok=True)
-            for rel in info["files"]:
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp / rel, out / rel)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the dataset folder gets the usual mode
+        _write_dataset(tmp, out, settings, progress, t0)
+    except OSError as exc:
+        if not is_disk_full(exc) or isinstance(exc, DiskFullError):
+            raise
+        kept = f"the earlier dataset in {out} is intact" if existed else f"nothing was written to {out}"
+        raise DiskFullError(
+            exc.errno, f"no space left on the device of {out.parent} while generating the synthetic dataset; "
+            f"{kept}; free some space or choose another --out, then re-run",
+        ) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _write_dataset(tmp: Path, out: Path, settings: SynthSettings, progress: bool, t0: float) -> None:
+    """Render the dataset into ``tmp`` (its own folder beside ``out``), then move it into ``out``.
+
+    Everything that takes disk space happens in ``tmp``; moving into ``out`` only renames and
+    deletes, so a full disk never touches an earlier dataset in ``out``."""
+    from tqdm.auto import tqdm
+
+    (tmp / "images").mkdir()
+    (tmp / "masks").mkdir()
+    rows = plan(settings)
+    lesions: dict[int, Lesion] = {}
+    bar = tqdm(rows, desc="synth", unit="img", disable=not (progress and sys.stderr.isatty()), leave=False)
+    for i, row in enumerate(bar):
+        li = row["lesion"]
+        if li not in lesions:
+            lesions[li] = sample_lesion(np.random.default_rng([settings.seed, 1, li]), row["dx"], settings.difficulty)
+        sample = render(lesions[li], np.random.default_rng([settings.seed, 4, i]), settings.size, row["artifacts"])
+        iid = row["image_id"]
+        Image.fromarray(sample.image).save(tmp / "images" / f"{iid}.jpg", quality=JPEG_QUALITY)
+        (tmp / "masks" / f"{iid}_segmentation.png").write_bytes(_encode_png(sample.mask))
+        for name, m in sample.artifacts.items():
+            (tmp / "masks" / f"{iid}_{name}.png").write_bytes(_encode_png(m))
+    cols = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", *ARTIFACTS]
+    with open(tmp / METADATA_NAME, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for row in rows:
+            flags = [int(a in row["artifacts"]) for a in ARTIFACTS]
+            w.writerow([row[c] for c in cols[:7]] + flags)
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    info = {"version": SYNTH_VERSION, "settings": settings.to_dict(), "classes": list(CLASSES),
+            "seconds": round(time.perf_counter() - t0, 3), "files": [*files, "synth.json"]}
+    (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    owned = _owned_files(out) if out.exists() else set()
+    if not (out.exists() and _foreign_files(out, owned)):  # the usual case: swap the whole folder at once
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    else:  # keep the user's files: remove only the generator's old files, move the new ones in
+        for rel in owned:
+            (out / rel).unlink(missing_ok=True)
+        for rel in info["files"]:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, out / rel)
 
 
 def _owned_files(out: Path) -> set[str]:
@@ -602,6 +620,7 @@ def read_settings(root: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
+    return doc if isinstance(doc, dict) else None

@@ -54,7 +54,7 @@ from robsal.errors import CheckpointError, ConfigError, DataError
 from robsal.experiments.finetune_report import variant_label, write_outputs
 from robsal.models import load, save
 from robsal.models.build import RESNET_GROUPS
-from robsal.rundir import ModelRecord, RecordError, RunLock, fingerprint, is_complete
+from robsal.rundir import FinetuneInfo, ModelRecord, RecordError, RunLock, fingerprint, is_complete
 from robsal.training import evaluate_model, fit
 from robsal.training.evaluate import mean_loss
 from robsal.training.loop import make_augment
@@ -210,6 +210,18 @@ def finetune_fingerprint(cfg: Config, source_digest: str, groups: Sequence[int],
     return fingerprint(cfg, "finetune", source=source_digest, groups=list(groups), settings=asdict(settings))
 
 
+def _finished(model_dir: Path, fp: str) -> dict[str, Any] | None:
+    """The ``finetune`` record of a complete variant (trained with ``fp``), or None: a variant
+    whose model.json is damaged or lacks a valid ``finetune`` object is trained again."""
+    if not is_complete(model_dir, fp):
+        return None
+    path = model_dir / "model.json"
+    try:
+        return FinetuneInfo.from_dict(ModelRecord.load(path).extra.get("finetune"), path).to_dict()
+    except RecordError:
+        return None
+
+
 def find_standard(run_dir: Path, exclude: Sequence[str] = ()) -> str | None:
     """The run's standard model: ``standard`` if it has eps 0, else the first eps-0 model by name."""
     names = []
@@ -303,9 +315,10 @@ def _finetune_variant(
     name = variant_name(source, groups)
     model_dir = run_dir / "models" / name
     fp = finetune_fingerprint(cfg, digest, groups, settings)
-    if not force and is_complete(model_dir, fp):
+    done = None if force else _finished(model_dir, fp)
+    if done is not None:
         say(f"{name}: already fine-tuned, skipping")
-        return ModelRecord.load(model_dir / "model.json").extra["finetune"]
+        return done
     say(f"{name}: fine-tuning groups {variant_label(groups)} of {source} (lr {settings.lr:g})")
     seed = int(cfg.seed if src_meta.seed is None else src_meta.seed)
     model = load(run_dir / "models" / source, device)

@@ -19,7 +19,7 @@ import torch
 from robsal.config import Config
 from robsal.data import PreparedData
 from robsal.errors import DataError, UserError
-from robsal.io import load_npz
+from robsal.rundir import read_saliency
 
 Saliency = dict[str, dict[str, dict[str, np.ndarray]]]
 """model -> method -> the arrays of its ``.npz`` (``maps`` (N, H, W), ``image_ids``, ``targets``)."""
@@ -59,8 +59,9 @@ class EvaluationInputs:
     notes: list[str]  # what the inputs lack, for summary.json
 
 
-def load_saliency(run_dir: Path) -> Saliency:
-    """{model: {method: npz arrays}} from RUN/saliency, checked to share one image list."""
+def load_saliency(run_dir: Path, n_classes: int | None = None) -> Saliency:
+    """{model: {method: npz arrays}} from RUN/saliency (each file checked by
+    :func:`robsal.rundir.read_saliency`, targets within ``n_classes``), checked to share one image list."""
     root = run_dir / "saliency"
     files = sorted(root.glob("*/*.npz"))
     if not files:
@@ -68,13 +69,8 @@ def load_saliency(run_dir: Path) -> Saliency:
     out: Saliency = {}
     ref_ids, ref_file = None, None
     for f in files:
-        arrays = load_npz(f)
-        missing = [k for k in ("maps", "image_ids", "targets") if k not in arrays]
-        if missing:
-            raise DataError(f"{f} lacks the array(s) {', '.join(missing)}; re-run `robsal explain`")
-        ids = arrays["image_ids"].astype(str)
-        if arrays["maps"].ndim != 3 or arrays["maps"].shape[0] != len(ids):
-            raise DataError(f"{f}: maps must be (N, H, W) with N = {len(ids)} image ids, got {arrays['maps'].shape}")
+        arrays = read_saliency(f, n_classes)
+        ids = arrays["image_ids"]
         if ref_ids is None:
             ref_ids, ref_file = ids, f
         elif not np.array_equal(ids, ref_ids):

@@ -84,7 +84,7 @@ def pick_standard(models: dict[str, dict[str, Any]]) -> str | None:
 def load_inputs(run_dir: Path, cfg: Config, data: PreparedData | None = None) -> EvaluationInputs:
     """The saliency maps of ``run_dir``, the images they explain (from ``data``, None = the
     run's data) and the records of their models, with notes on what is missing."""
-    saliency = load_saliency(run_dir)
+    saliency = load_saliency(run_dir, len(cfg.data.classes))
     images = explained_images(saliency, data if data is not None else load_run_data(run_dir))
     notes: list[str] = []
     if images.masks is None or not images.has_mask.any():

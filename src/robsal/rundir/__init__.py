@@ -2,6 +2,9 @@
 
 - :mod:`~robsal.rundir.records`: typed records of its JSON files, one ``load``/``save`` each
   (:mod:`~robsal.rundir.schema`: their field checks and base class).
+- :mod:`~robsal.rundir.extra_records`: ``tune/best.json`` and a fine-tuned model's ``finetune`` record.
+- :mod:`~robsal.rundir.arrays`: checked readers of the saliency ``.npz`` maps,
+  ``metrics/per_image.csv`` and ``tune/folds.jsonl`` (same ``RecordError``).
 - :mod:`~robsal.rundir.fingerprint`: the one fingerprint over the declared ``SECTIONS`` table
   and the one completeness check of a trained model.
 - :mod:`~robsal.rundir.layout`: creating a run (``init_run``), what makes a folder a run, recording
@@ -10,6 +13,8 @@
 - :mod:`~robsal.rundir.stages`: ``Stage``, the stage ledger and the runner ``robsal run`` uses.
 """
 
+from robsal.rundir.arrays import read_folds, read_npz, read_per_image, read_saliency
+from robsal.rundir.extra_records import FinetuneInfo, TuneBest
 from robsal.rundir.fingerprint import SECTIONS, fingerprint, is_complete
 from robsal.rundir.layout import (
     FIGURE_INDEX,
@@ -45,4 +50,5 @@ __all__ = [
     "ModelRecord", "ModelRecordError", "RecordError", "RunInfo", "RunLock", "Selection", "Stage", "StageLedger", "StageRecord", "Summary",
     "SummaryModel", "Verdict", "clear_stage", "config_from_yaml_text", "fingerprint", "has_results", "init_run",
     "is_complete", "is_done", "is_run_dir", "mark_done", "read_stages", "record_figure", "run_stages", "writes_run",
+    "TuneBest", "read_folds", "read_npz", "read_per_image", "read_saliency", "FinetuneInfo",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -214,8 +216,26 @@ def type_name(v: Any) -> str:
         type(v), "a number" if _is_num(v) else type(v).__name__)
 
 
+# a run record is small: a larger "record" is a mistake or an attack, not something to read whole
+MAX_RECORD_BYTES = 64 << 20
+
+
+def check_record_file(path: str | Path, fix: str, max_bytes: int | None = MAX_RECORD_BYTES,
+                      error: type[RecordError] = RecordError) -> Path:
+    """``path`` if it is a regular file of at most ``max_bytes`` (a pipe would block, ``/dev/zero``
+    never end); else ``error``. A missing file stays ``FileNotFoundError``."""
+    path = Path(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path} is not a regular file (a pipe, device or folder); {fix}")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{path} is {st.st_size} bytes, more than a robsal record has; {fix}")
+    return path
+
+
 def read(path: Path, error: type[RecordError], fix: str) -> Any:
     try:
+        check_record_file(path, fix, error=error)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path} does not exist; {fix}") from None
@@ -225,6 +245,8 @@ def read(path: Path, error: type[RecordError], fix: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
+    except RecursionError:
+        raise error(f"{path} nests too deeply to be a robsal record; {fix}") from None
 
 
 def run_of(path: Path, depth: int) -> Path | None:

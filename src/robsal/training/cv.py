@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from robsal.data import load_run_data, prepare
 from robsal.errors import ConfigError, DataError
 from robsal.io import append_jsonl, atomic_open, write_json
 from robsal.models import build_model
-from robsal.rundir import RunLock, fingerprint
+from robsal.rundir import RunLock, fingerprint, read_folds
 from robsal.training.checkpoint import remove_checkpoints
 from robsal.training.evaluate import accuracy
 from robsal.training.loop import make_augment
@@ -89,12 +88,7 @@ def _tune(cfg: Config, run_dir: Path, data, *, device, progress: bool) -> dict[s
     folds = _folds(data, cfg.tune.folds)
     log_path = out_dir / "folds.jsonl"
     ckpt_root = out_dir / "checkpoints"
-    done: dict[tuple[float, int, int], float] = {}
-    if log_path.exists():
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[(float(r["lr"]), int(r["batch_size"]), int(r["fold"]))] = float(r["accuracy"])
+    done: dict[tuple[float, int, int], float] = read_folds(log_path) if log_path.exists() else {}
     augment = make_augment(cfg.augment)
     p1 = cfg.train.phase1
     for fold in folds:

@@ -45,10 +45,10 @@ from torch import nn
 from robsal import signals
 from robsal.config import Config, ModelSpec
 from robsal.data import load_run_data, prepare
-from robsal.errors import ConfigError, DataError
-from robsal.io import append_jsonl, clean_temporaries, read_json, write_text
+from robsal.errors import DataError
+from robsal.io import append_jsonl, clean_temporaries, write_text
 from robsal.models import build_model
-from robsal.rundir import fingerprint, is_complete
+from robsal.rundir import TuneBest, fingerprint, is_complete
 from robsal.training import distributed
 from robsal.training.checkpoint import (
     LATEST,
@@ -302,11 +302,8 @@ def tuned_hyperparameters(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "tune" / "best.json"
     if not path.exists():
         return None
-    try:
-        best = read_json(path)
-        return {"lr": float(best["lr"]), "batch_size": int(best["batch_size"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise ConfigError(f"{path} is not a robsal tune result (needs lr and batch_size); delete it or re-run robsal tune") from None
+    best = TuneBest.load(path)  # one-line RecordError when damaged or edited
+    return {"lr": float(best.lr), "batch_size": int(best.batch_size)}
 
 
 def apply_tuned(cfg: Config, tuned: dict[str, Any] | None) -> Config:

@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 
 from robsal.config import Config
 from robsal.data import load_run_data
+from robsal.errors import DataError
 from robsal.experiments.sweep.grid import Cell
-from robsal.io import load_npz
-from robsal.rundir import record_figure
+from robsal.rundir import read_saliency, record_figure
 from robsal.saliency.figures import method_grid, save_figure
 
 # metrics drawn in the metric-vs-eps figures (the table has every metric)
@@ -135,23 +135,28 @@ def _spread(labels: np.ndarray, limit: int) -> list[int]:
     return sorted(out)
 
 
-def _load_maps(out: Path, ok: Sequence[Cell], method: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Cell name -> its maps of ``method``, and the image ids (those of the first cell with maps)."""
+def _load_maps(
+    out: Path, cfg: Config, ok: Sequence[Cell], method: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Cell name -> its maps of ``method`` (checked: :func:`robsal.rundir.read_saliency`), and the image
+    ids they share (DataError when a cell explains other images)."""
     maps: dict[str, np.ndarray] = {}
     ids = None
     for c in ok:
         path = out / "saliency" / c.name / f"{method}.npz"
         if path.exists():
-            arr = load_npz(path)
+            arr = read_saliency(path, len(cfg.data.classes))
+            if ids is not None and arr["image_ids"].tolist() != ids.tolist():
+                raise DataError(f"{path} explains other images than the other cells; re-run `robsal explain`")
             maps[c.name] = arr["maps"]
-            ids = arr["image_ids"].astype(str) if ids is None else ids
+            ids = arr["image_ids"] if ids is None else ids
     return maps, ids
 
 
 def _map_grids(out: Path, cfg: Config, ok: Sequence[Cell], data: Any, method: str) -> list[Path]:
     """Figure 11 (rows = images, columns = eps; the smallest seed of each eps) and Figure 10
     (per eps with several seeds: columns = seeds)."""
-    maps, ids = _load_maps(out, ok, method)
+    maps, ids = _load_maps(out, cfg, ok, method)
     if not maps or ids is None:
         return []
     if data is None:

@@ -23,7 +23,7 @@ from robsal.experiments.per_image_eps import PAPER_BAND, OptimumResult, band_for
 from robsal.experiments.sweep.figures import write_figures
 from robsal.experiments.sweep.grid import SWEEP_SUBDIR, Cell, cells_of
 from robsal.io import atomic_open, read_json, write_json
-from robsal.rundir import ModelRecord, Selection, Summary
+from robsal.rundir import ModelRecord, Selection, Summary, read_per_image
 from robsal.metrics.gate import check as gate_check
 from robsal.metrics.stats import bootstrap_ci, stable_seed
 from robsal.utils import json_safe
@@ -176,7 +176,7 @@ def _cell_metrics(out: Path, cells: Sequence[Cell]) -> dict[str, dict[str, Any]]
 
 def _read_per_image(out: Path) -> pd.DataFrame:
     path = out / "metrics" / "per_image.csv"
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=PER_IMAGE_COLUMNS)
+    return read_per_image(path) if path.exists() else pd.DataFrame(columns=PER_IMAGE_COLUMNS)
 
 
 def table_rows(
