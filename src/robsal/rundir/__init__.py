@@ -2,7 +2,6 @@
 
 - :mod:`~robsal.rundir.records`: typed records of its JSON files, one ``load``/``save`` each
   (:mod:`~robsal.rundir.schema`: their field checks and base class).
-- :mod:`~robsal.rundir.extra_records`: ``tune/best.json`` and a fine-tuned model's ``finetune`` record.
 - :mod:`~robsal.rundir.arrays`: checked readers of the saliency ``.npz`` maps,
   ``metrics/per_image.csv`` and ``tune/folds.jsonl`` (same ``RecordError``).
 - :mod:`~robsal.rundir.fingerprint`: the one fingerprint over the declared ``SECTIONS`` table
@@ -14,7 +13,6 @@
 """
 
 from robsal.rundir.arrays import read_folds, read_npz, read_per_image, read_saliency
-from robsal.rundir.extra_records import FinetuneInfo, TuneBest
 from robsal.rundir.fingerprint import SECTIONS, fingerprint, is_complete
 from robsal.rundir.layout import (
     FIGURE_INDEX,
@@ -30,6 +28,7 @@ from robsal.rundir.lock import RunLock, writes_run
 from robsal.rundir.records import (
     FigureEntry,
     FigureIndex,
+    FinetuneInfo,
     Gate,
     ModelMetrics,
     ModelRecord,
@@ -41,6 +40,7 @@ from robsal.rundir.records import (
     StageRecord,
     Summary,
     SummaryModel,
+    TuneBest,
     Verdict,
 )
 from robsal.rundir.stages import Stage, clear_stage, is_done, mark_done, read_stages, run_stages
