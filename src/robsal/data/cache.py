@@ -206,7 +206,7 @@ def cache_key(rows: pd.DataFrame, image_size: int, center_crop: bool, with_artif
     return h.hexdigest()[:24]
 
 
-def _complete(folder: Path, with_artifacts: bool) -> dict | None:
+def complete_folder(folder: Path, with_artifacts: bool) -> dict | None:
     """The entry's done.json when the entry is whole (every array file present), else None."""
     try:
         info = json.loads((folder / "done.json").read_text(encoding="utf-8"))
@@ -217,7 +217,8 @@ def _complete(folder: Path, with_artifacts: bool) -> dict | None:
     return info if all((folder / f"{n}.npy").is_file() for n in names) else None
 
 
-def _open(folder: Path, name: str) -> np.ndarray:
+def open_array(folder: Path, name: str) -> np.ndarray:
+    """A cached array of an entry, memory-mapped read-only."""
     return np.load(folder / f"{name}.npy", mmap_mode="r")
 
 
@@ -236,11 +237,11 @@ def load_arrays(
     root = default_cache_dir(str(cache_dir) if cache_dir else None)
     key = cache_key(rows, image_size, center_crop, with_artifacts)
     folder = root / key
-    info = _complete(folder, with_artifacts)
+    info = complete_folder(folder, with_artifacts)
     if info is not None:
-        masks = _open(folder, "masks") if info.get("masks") else None
-        arts = {a: _open(folder, a) for a in ARTIFACT_NAMES} if with_artifacts else {}
-        return CachedArrays(_open(folder, "images"), masks, np.load(folder / "has_mask.npy"), arts, key, True)
+        masks = open_array(folder, "masks") if info.get("masks") else None
+        arts = {a: open_array(folder, a) for a in ARTIFACT_NAMES} if with_artifacts else {}
+        return CachedArrays(open_array(folder, "images"), masks, np.load(folder / "has_mask.npy"), arts, key, True)
     n, s = len(rows), image_size
     folder.mkdir(parents=True, exist_ok=True)
     any_mask = rows["mask_path"].map(_path_or_none).notna().any()
@@ -273,6 +274,6 @@ def load_arrays(
     write_json(folder / "done.json", {"version": CACHE_VERSION, "n": n, "image_size": s,
                                        "center_crop": center_crop, "masks": masks is not None,
                                        "artifacts": list(arts)})
-    masks_mm = _open(folder, "masks") if masks is not None else None
-    arts_mm = {a: _open(folder, a) for a in arts}
-    return CachedArrays(_open(folder, "images"), masks_mm, has_mask, arts_mm, key, False)
+    masks_mm = open_array(folder, "masks") if masks is not None else None
+    arts_mm = {a: open_array(folder, a) for a in arts}
+    return CachedArrays(open_array(folder, "images"), masks_mm, has_mask, arts_mm, key, False)

@@ -246,7 +246,7 @@ def load_arrays(rows: pd.DataFrame, image_size: int, *, center_crop: bool = True
     """
     from tqdm.auto import tqdm
 
-    from robsal.data.cache import CACHE_VERSION, CachedArrays, _complete, _open, default_cache_dir
+    from robsal.data.cache import CACHE_VERSION, CachedArrays, complete_folder, default_cache_dir, open_array
     from robsal.io import atomic_path, write_json
 
     path = Path(str(rows["path"].iloc[0]))
@@ -258,8 +258,8 @@ def load_arrays(rows: pd.DataFrame, image_size: int, *, center_crop: bool = True
     key = h.hexdigest()[:24]
     folder = default_cache_dir(str(cache_dir) if cache_dir else None) / key
     n = len(rows)
-    if _complete(folder, False) is not None:
-        return CachedArrays(_open(folder, "images"), None, np.load(folder / "has_mask.npy"), {}, key, True)
+    if complete_folder(folder, False) is not None:
+        return CachedArrays(open_array(folder, "images"), None, np.load(folder / "has_mask.npy"), {}, key, True)
     images = np.zeros((n, 3, image_size, image_size), np.uint8)
     bar = tqdm(total=n, desc="decode", unit="img", disable=not (progress and sys.stderr.isatty()), leave=False)
     for split in SPLITS:
@@ -280,4 +280,4 @@ def load_arrays(rows: pd.DataFrame, image_size: int, *, center_crop: bool = True
     write_json(folder / "done.json", {"version": CACHE_VERSION, "n": n, "image_size": image_size,
                                        "center_crop": center_crop, "masks": False, "artifacts": [],
                                        "source": "medmnist"})
-    return CachedArrays(_open(folder, "images"), None, has_mask, {}, key, False)
+    return CachedArrays(open_array(folder, "images"), None, has_mask, {}, key, False)
