@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "robsal.experiments.cli",  # run
     "robsal.data.cli",  # data synth, data check
     "robsal.training.cli",  # tune, train, evaluate-robustness
+    "robsal.models.cli",  # import-model
     "robsal.saliency.cli",  # explain
     "robsal.metrics.cli",  # evaluate
     "robsal.report.cli",  # report

@@ -5,6 +5,9 @@ Every robsal model is a :class:`RobsalClassifier`: a :class:`Normalize` layer
 layer has one output per class. It takes images in [0, 1] pixel space, so the
 attacks and saliency methods never see normalised tensors.
 
+Models robsal did not train (``torchvision:<name>`` / ``timm:<name>`` with the user's weights)
+come in through :mod:`robsal.models.imported`; :func:`load` builds either kind.
+
 A model directory holds ``model.safetensors`` (the ``state_dict`` only) and
 ``model.json`` (architecture, classes, normalisation, input size, eps, seed,
 config, commit, metrics). Loading never unpickles anything.
@@ -24,6 +27,7 @@ from torch import nn
 
 from robsal.errors import CheckpointError, ConfigError
 from robsal.io import atomic_path, save_safetensors
+from robsal.models.imported import is_imported_arch, make_net
 from robsal.rundir.records import ModelRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,6 +79,10 @@ class RobsalClassifier(nn.Module):
 
 
 def _head_of(net: nn.Module) -> nn.Module:
+    if hasattr(net, "get_classifier"):  # timm names its head per family (fc, classifier, head.fc, ...)
+        head = net.get_classifier()
+        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+            return head
     for attr in ("fc", "classifier", "head", "heads"):
         mod = getattr(net, attr, None)
         if isinstance(mod, nn.Module):
@@ -249,14 +257,13 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu") -> RobsalCla
         )
     rec = ModelRecord.load(meta_path)  # one-line CheckpointError when damaged or hand-edited
     meta = rec.to_dict()
-    model = build_model(
-        rec.arch,
-        rec.classes,
-        mean=rec.mean if rec.mean is not None else IMAGENET_MEAN,
-        std=rec.std if rec.std is not None else IMAGENET_STD,
-        image_size=rec.image_size if rec.image_size is not None else 224,
-        meta=meta,
-    )
+    mean = rec.mean if rec.mean is not None else IMAGENET_MEAN
+    std = rec.std if rec.std is not None else IMAGENET_STD
+    if is_imported_arch(rec.arch):  # torchvision:<name> / timm:<name> (robsal import-model)
+        model = RobsalClassifier(make_net(rec.arch, len(rec.classes)), mean, std, meta)
+    else:
+        model = build_model(rec.arch, rec.classes, mean=mean, std=std,
+                            image_size=rec.image_size if rec.image_size is not None else 224, meta=meta)
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types on corrupt files

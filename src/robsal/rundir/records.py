@@ -79,7 +79,8 @@ class ModelRecord(Record):
     ERROR: ClassVar[type[RecordError]] = ModelRecordError
 
     arch: str = field(default="", metadata=check((lambda v: isinstance(v, str) and bool(v),
-                                                    "a torchvision model name"), nullable=False))
+                                                    "a model name (resnet18, torchvision:<name>, timm:<name>)"),
+                                                   nullable=False))
     classes: list[str] = field(default_factory=list, metadata=check(CLASSES, nullable=False))
     mean: list[float] | None = field(default=None, metadata=check(RGB, nullable=False))
     std: list[float] | None = field(default=None, metadata=check(RGB_POS, nullable=False))
@@ -99,6 +100,9 @@ class ModelRecord(Record):
     train_seconds: float | None = field(default=None, metadata=check(opt(NUM)))
     epochs: int | None = field(default=None, metadata=check(opt(INT)))
     metrics: ModelMetrics | None = field(default=None, metadata={**one(ModelMetrics), "required_value": True})
+    # a model robsal did not train (robsal.models.imported): its weights file, sha256 and architecture
+    imported: dict[str, Any] | None = field(default=None, metadata=check(opt(DICT)))
+    gradcam_layer: str | None = field(default=None, metadata=check(opt(STR)))  # dotted path, e.g. net.layer4
     extra: dict[str, Any] = field(default_factory=dict)
     keys: list[str] | None = field(default=None, repr=False, compare=False)
 

@@ -399,8 +399,17 @@ def _occlusion(
 
 
 def default_gradcam_layer(model: nn.Module) -> nn.Module:
-    """ResNet ``layer4`` (7x7 at 224 px, Appendix B.4) of a robsal model or a bare
-    torchvision ResNet; otherwise the last ``nn.Conv2d`` of the model."""
+    """The model's own ``gradcam_layer`` (``model.json`` of an imported model, see
+    :mod:`robsal.models.imported`); else ResNet ``layer4`` (7x7 at 224 px, Appendix B.4) of a
+    robsal model or a bare torchvision ResNet; otherwise the last ``nn.Conv2d`` of the model."""
+    own = getattr(model, "meta", None)
+    if isinstance(own, dict) and own.get("gradcam_layer"):
+        return resolve_layer(model, str(own["gradcam_layer"]))
+    if isinstance(own, dict) and own.get("imported") and own.get("gradcam_layer") is None:
+        raise ConfigError(
+            f"{own.get('arch')} has no convolutional feature map for Grad-CAM; import it with --gradcam-layer "
+            "or set saliency.gradcam_layer, or leave gradcam out of the methods"
+        )
     for path in ("net.layer4", "layer4"):
         with contextlib.suppress(AttributeError):
             return model.get_submodule(path)
