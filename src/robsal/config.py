@@ -171,6 +171,8 @@ class ModelSpec:
     name: str = "standard"
     eps: float = 0.0  # paper units, see module docstring
     seed: int | None = None  # None = the run's seed
+    # a model directory to measure instead of training one (robsal import-model; robsal.training.adopt)
+    path: str | None = None
 
 
 @dataclass
@@ -600,6 +602,8 @@ def _validate_training(cfg: Config) -> None:
          "choose the output folder with --out")
     for m in cfg.models:
         _need(m.eps >= 0, f"models.{m.name}.eps", f"must be >= 0, got {m.eps}")
+        _need(m.path is None or m.eps == 0, f"models.{m.name}.eps",
+              "an imported model's eps is the one in its model.json (robsal import-model --eps); leave eps out")
         _need(_plain_name(m.name), "models.name", f"{m.name!r} may contain only letters, digits, '_', '-' and '.'")
 
 

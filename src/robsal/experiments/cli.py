@@ -30,6 +30,11 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset folder (HAM10000 layout or <class>/ folders)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--force", default="", help="comma-separated stages to redo (data,tune,train,explain,evaluate,report)")
+    p.add_argument(
+        "--models", default=None, metavar="LIST",
+        help="comma-separated models to compare: names of the config's models, and NAME=DIR for a model "
+        "directory made by `robsal import-model` (measured, not trained), e.g. standard,robust_eps4,mine=my_model",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
@@ -123,6 +128,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from robsal.errors import ConfigError
 
     cfg = config_from_args(args)
+    if args.models:
+        cfg = with_models(cfg, args.models)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     force = tuple(s for s in args.force.split(",") if s)
     known = {s.name for s in STAGES}
@@ -131,6 +138,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--force: unknown stage {s!r}; stages: {', '.join(sorted(known))}")
     run_pipeline(cfg, out, progress=not args.no_progress, force=force)
     return 0
+
+
+def with_models(cfg, text: str):  # Config -> Config
+    """``cfg`` with ``models`` chosen by ``--models``: config model names, and NAME=DIR for imported models."""
+    import copy
+
+    from robsal.config import ModelSpec, validate
+
+    cfg = copy.deepcopy(cfg)
+    known = {m.name: m for m in cfg.models}
+    chosen: list[ModelSpec] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            name, path = (v.strip() for v in item.split("=", 1))
+            if not (Path(path) / "model.json").is_file():
+                raise ConfigError(
+                    f"--models {item}: {path} is not a robsal model directory (no model.json); "
+                    "make one with `robsal import-model ... --out DIR`"
+                )
+            chosen.append(ModelSpec(name=name, path=str(Path(path).resolve())))
+        elif item in known:
+            chosen.append(known[item])
+        else:
+            raise ConfigError(
+                f"--models: unknown model {item!r}; the config lists {', '.join(known)} "
+                "(give NAME=DIR for a model directory)"
+            )
+    if not chosen:
+        raise ConfigError("--models: name at least one model, e.g. --models standard,robust_eps4")
+    cfg.models = chosen
+    validate(cfg)
+    return cfg
 
 
 def _parse_band(text: str) -> tuple[float, float]:

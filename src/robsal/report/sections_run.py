@@ -195,7 +195,8 @@ def accuracy_table(run: RunContents) -> Table:
     for name, info in run.models.items():
         mt, rec = metrics[name], info.record or ModelRecord()
         robust, per_class = mt.robust_accuracy or {}, mt.per_class_accuracy or {}
-        rows.append([name, fmt(rec.eps, 2), fmt(rec.seed, 0), pct(mt.clean_accuracy), pct(mt.balanced_accuracy)]
+        label = f"{name} (imported {rec.arch}, not trained by robsal)" if rec.imported else name
+        rows.append([label, fmt(rec.eps, 2), fmt(rec.seed, 0), pct(mt.clean_accuracy), pct(mt.balanced_accuracy)]
                     + [pct(robust.get(k)) for k in eps_keys] + [pct(per_class.get(c)) for c in classes])
     return text_table(header, rows)
 

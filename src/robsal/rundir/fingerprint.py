@@ -53,6 +53,17 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Config fields added after run folders existed: hashed only when set, so that every older run
+# folder keeps its fingerprints (section -> field of each list entry).
+_ADDED_LIST_FIELDS: dict[str, tuple[str, ...]] = {"models": ("path",)}
+
+
+def _without_unset_additions(d: dict[str, Any]) -> dict[str, Any]:
+    for section, fields in _ADDED_LIST_FIELDS.items():
+        d[section] = [{k: v for k, v in entry.items() if not (k in fields and v is None)} for entry in d[section]]
+    return d
+
+
 def _digest(obj: Any, *, sort_keys: bool = True) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=sort_keys, default=str).encode()).hexdigest()[:16]
 
@@ -71,7 +82,7 @@ def fingerprint(cfg: Config, stage_or_sections: str | Sequence[str], *extra: Any
             raise KeyError(f"no fingerprint entry {stage_or_sections!r}; declare it in SECTIONS") from None
     else:
         sections = tuple(stage_or_sections)
-    d = cfg.to_dict()
+    d = _without_unset_additions(cfg.to_dict())
     part = {s: d[s] for s in sections}
     clash = set(part) & set(named)
     if clash:

@@ -455,7 +455,15 @@ def train_models(
         cfg_t = apply_tuned(cfg, tuned)
         for spec in specs:
             model_dir = run_dir / "models" / spec.name
-            if is_complete(model_dir, training_fingerprint(cfg_t, spec)):
+            if spec.path is not None:  # a model robsal did not train (robsal.training.adopt)
+                from robsal.training.adopt import adopt_one, is_adopted
+
+                if not is_adopted(model_dir, cfg_t, spec):
+                    distributed.on_main(lambda s=spec, d=model_dir: adopt_one(cfg_t, s, data, d, device=dev,
+                                                                          progress=progress))
+                elif progress:
+                    print(f"{spec.name}: already imported, skipping", flush=True)
+            elif is_complete(model_dir, training_fingerprint(cfg_t, spec)):
                 # left if killed right after the final save
                 distributed.on_main(lambda d=model_dir: remove_checkpoints(d / "checkpoint"))
                 if progress:
