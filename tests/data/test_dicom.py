@@ -210,3 +210,19 @@ def test_data_check_reports_a_multi_frame_file_and_missing_pydicom_once(tmp_path
     monkeypatch.setitem(sys.modules, "pydicom", None)
     report = check_dataset(root)
     assert report.problems == [f'7 .dcm image(s) under {root}: reading DICOM files needs pydicom: pip install "robsal[dicom]"']
+
+
+def test_explain_reads_a_dicom_file_as_datasets_do(tmp_path):
+    """``robsal explain --image x.dcm``: the file is decoded by read_dicom_rgb (MONOCHROME1 inverted),
+    then cropped and resized like any image; a multi-frame file gets the datasets' one-line error."""
+    from robsal.saliency.images import load_image as load_explained
+
+    stored = np.tile(np.arange(0, 1000, 25, dtype=np.uint16), (40, 1))  # 40x40 ramp, left dark
+    path = write_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1", center=500, width=1000)
+    img = load_explained(path, 40)  # same size: no resampling
+    assert img.shape == (3, 40, 40)
+    np.testing.assert_array_equal(img, read_dicom_rgb(path).transpose(2, 0, 1))
+    assert img[0, 0, 0] > img[0, 0, -1]  # MONOCHROME1: the low stored values are bright
+    multi = write_dicom(tmp_path / "mf.dcm", np.stack([stored, stored]), frames=2)
+    with pytest.raises(DataError, match="multi-frame DICOM"):
+        load_explained(multi, 40)

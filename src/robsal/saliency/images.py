@@ -1,6 +1,7 @@
 """Explaining arbitrary image files (``robsal explain --model DIR --image FILE``).
 
-Each file is read with PIL, converted to RGB, centre-cropped to a square (the
+Each file is read with PIL (a ``.dcm`` file with pydicom, decoded exactly as in folder
+datasets: :mod:`robsal.data.dicom`), converted to RGB, centre-cropped to a square (the
 shorter side) and resized (bilinear, antialiased) to the model's ``image_size`` from
 ``model.json``. The maps go to ``OUT/saliency/<model>/<method>.npz`` (the run
 layout, image ids = file names without extension) and the figures to ``OUT/figures/``.
@@ -31,7 +32,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image {path} does not exist")
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im = im.convert("RGB")
             w, h = im.size
             s = min(w, h)
@@ -39,8 +40,17 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
             im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}; give a JPEG or PNG file") from None
+        raise DataError(f"cannot read image {path}: {exc}; give a JPEG, PNG or DICOM (.dcm) file") from None
     return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+
+
+def _open(path: Path) -> Image.Image:
+    """PIL image of a JPEG/PNG, or of a DICOM file decoded as in datasets (robsal.data.dicom)."""
+    from robsal.data.dicom import is_dicom, read_dicom_rgb
+
+    if is_dicom(path):
+        return Image.fromarray(read_dicom_rgb(path))  # rescale, window, MONOCHROME1 inverted, gray -> 3 channels
+    return Image.open(path)
 
 
 def explain_files(
