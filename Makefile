@@ -9,7 +9,7 @@ TESTDEPS := $(VENV)/.installed-test
 .PHONY: demo test install install-test clean
 
 # `make demo` installs robsal's runtime dependencies only; `make test` adds the test and
-# reference libraries (pytest, hypothesis, torchattacks, grad-cam, quantus, selenium, ray).
+# reference libraries (pytest, hypothesis, torchattacks, grad-cam, quantus, selenium, ray, timm, pydicom).
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

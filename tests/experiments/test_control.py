@@ -116,3 +116,16 @@ def test_control_refuses_bad_configs(tmp_path):
         with pytest.raises(ConfigError, match=msg):
             run_control(load_config("tiny", [*CONTROL_OVERRIDES, *extra]), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_rates_fingerprint_does_not_depend_on_the_other_rates(tmp_path):
+    """Adding or dropping a rate keeps the finished rates (each rate's config holds only its own)."""
+    from robsal.config import load_config
+    from robsal.experiments.control import rate_config
+    from robsal.rundir import fingerprint
+
+    three = load_config("tiny", ["control.rates=[0,0.5,0.9]"])
+    two = load_config("tiny", ["control.rates=[0,0.9]"])
+    fp = [fingerprint(rate_config(c, 0.9, tmp_path), "control_rate") for c in (three, two)]
+    assert fp[0] == fp[1]
+    assert fingerprint(rate_config(three, 0.5, tmp_path), "control_rate") != fp[0]
