@@ -100,14 +100,15 @@ def test_an_existing_model_directory_is_not_overwritten(tmp_path):
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
 
 
-def test_cli_imports_and_bad_input_is_one_line_exit_2(tmp_path):
+def test_cli_imports_and_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from robsal.cli import main
+
     torch.save(_torchvision_net().state_dict(), tmp_path / "w.pth")
     spec = tmp_path / "spec.yaml"
     spec.write_text("arch: torchvision:resnet18\nweights: w.pth\nclasses: [mel, nv, bkl]\nimage_size: 32\n")
-    ok = subprocess.run([sys.executable, "-m", "robsal", "import-model", str(spec), "--out", str(tmp_path / "m")],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert "imported torchvision:resnet18 (3 classes: mel, nv, bkl; 32 px; Grad-CAM layer net.layer4)" in ok.stdout
+    assert main(["import-model", str(spec), "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "imported torchvision:resnet18 (3 classes: mel, nv, bkl; 32 px; Grad-CAM layer net.layer4)" in out
     bad = subprocess.run([sys.executable, "-m", "robsal", "import-model", "--arch", "torchvision:resnet18",
                           "--weights", str(tmp_path / "w.pth"), "--classes", "mel,nv", "--image-size", "32",
                           "--out", str(tmp_path / "m2")], capture_output=True, text=True)

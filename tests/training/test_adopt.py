@@ -64,9 +64,9 @@ def test_an_imported_model_runs_alone_and_measures_like_the_trained_one(tiny_run
     rec = ModelRecord.load(tiny_run / "models" / "standard" / "model.json")
     import_model("torchvision:resnet18", weights, rec.classes, tmp_path / "mine", image_size=rec.image_size)
     run = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, "-m", "robsal", "run", "--config", "tiny", "--device", "cpu", "--no-progress",
-         "--models", f"mine={tmp_path / 'mine'}", "--out", str(run)], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "robsal", "run", "--config", "tiny", "--device", "cpu", "--no-progress",
+           "--set", "saliency.methods=[gradient]", "--models", f"mine={tmp_path / 'mine'}", "--out", str(run)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     ours = ModelRecord.trained(run / "models" / "mine" / "model.json")
     assert ours.arch == "torchvision:resnet18" and ours.eps == 0.0
@@ -80,7 +80,5 @@ def test_an_imported_model_runs_alone_and_measures_like_the_trained_one(tiny_run
     ib = [list(b["image_ids"]).index(i) for i in common]
     scale = np.abs(b["maps"][ib]).max()
     np.testing.assert_allclose(a["maps"][ia], b["maps"][ib], atol=1e-5 * scale, rtol=0)
-    again = subprocess.run(
-        [sys.executable, "-m", "robsal", "run", "--config", "tiny", "--device", "cpu", "--no-progress",
-         "--models", f"mine={tmp_path / 'mine'}", "--out", str(run)], capture_output=True, text=True)
+    again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and "skipped" in again.stdout + again.stderr
