@@ -78,8 +78,11 @@ def _example_figure(z: Any, i: int, models: list[str], methods: list[str]) -> st
     for ax in axes.ravel():
         ax.axis("off")
     with_, without, mask = z["with"][i].transpose(1, 2, 0), z["without"][i].transpose(1, 2, 0), z["mask"][i]
+    # the mask in cyan on black, as its outline on the maps: in white it would vanish into the page
+    # wherever the artifact touches the border (a ruler along an edge)
+    mask_cmap = matplotlib.colors.ListedColormap(["black", "cyan"])
     for ax, img, title in ((axes[0, 0], with_, "with"), (axes[0, 1], without, "without"), (axes[0, 2], mask, "mask")):
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.ndim == 3 else 1)
+        ax.imshow(img, cmap=mask_cmap if img.ndim == 2 else None, vmin=0, vmax=255 if img.ndim == 3 else 1)
         ax.set_title(title, fontsize=7)
     for r, name in enumerate(models, 1):
         for c, method in enumerate(methods):
