@@ -187,3 +187,16 @@ def test_truncated_or_non_object_files_are_one_line_errors(old_run, rel):
     with pytest.raises(UserError, match="must hold a JSON object, not a list") as exc:
         RECORDS[rel].load(path)
     assert "\n" not in str(exc.value)
+
+
+def test_a_key_with_a_newline_is_quoted_on_one_line(tmp_path):
+    """Keys of a damaged file appear in the message; a control character in one is escaped
+    (found by the property test on random records: ``{"\\n": null}`` as stages.json)."""
+    from robsal.rundir import RecordError, StageLedger
+
+    path = tmp_path / "stages.json"
+    path.write_text('{"\\n\\u0007x": null}\n')
+    with pytest.raises(RecordError) as info:
+        StageLedger.load(path)
+    msg = str(info.value)
+    assert "\n" not in msg and "\\n\\x07x" in msg and "must hold a JSON object, not null" in msg

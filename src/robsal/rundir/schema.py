@@ -24,7 +24,8 @@ from robsal.io import write_json
 
 
 class RecordError(UserError):
-    """A run-directory record that is damaged, hand-edited or from an older robsal (one line)."""
+    """A run-directory record that is damaged, hand-edited or from an older robsal (one line;
+    a control character quoted from the file is escaped by :class:`~robsal.errors.UserError`)."""
 
 
 class ModelRecordError(RecordError, CheckpointError):
