@@ -27,7 +27,7 @@ from torch import nn
 
 from robsal.errors import CheckpointError, ConfigError
 from robsal.io import atomic_path, save_safetensors
-from robsal.models.imported import is_imported_arch, make_net
+from robsal.models.imported import is_imported_arch, make_net, read_state_dict
 from robsal.rundir.records import ModelRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,28 +128,10 @@ def load_pretrained(net: nn.Module, path: str | Path) -> None:
     The classification layer is skipped (its shape differs); every other key must match.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"pretrained weights {path} do not exist; pass --pretrained PATH to a torchvision checkpoint")
-    if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own types on corrupt or foreign files
-            raise CheckpointError(
-                f"refusing to load {path}: not a valid safetensors file ({str(exc).splitlines()[0]}); "
-                "use a torchvision .pth checkpoint or a .safetensors file"
-            ) from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle refused or corrupt file: say which
-            raise CheckpointError(
-                f"refusing to load {path}: not a plain tensor state dict ({type(exc).__name__}); "
-                "use a torchvision .pth checkpoint or a .safetensors file"
-            ) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
+    state = read_state_dict(path, what="pretrained weights",
+                            hint="pass --pretrained PATH to a torchvision .pth checkpoint or a .safetensors file")
     own = net.state_dict()
-    keep = {k: v for k, v in state.items() if k in own and torch.is_tensor(v) and own[k].shape == v.shape}
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in keep and not _is_head_key(net, k)]
     head_prefixes = tuple(name + "." for name, mod in net.named_children() if mod is _head_of(net))
     extra = [k for k in state if k not in own and not k.startswith(head_prefixes)]

@@ -94,16 +94,20 @@ def _timm():  # noqa: ANN202
 # --------------------------------------------------------------------------- the weights file
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+STATE_DICT_HINT = "save model.state_dict() (not the model object) with torch.save, or use .safetensors"
+
+
+def read_state_dict(path: str | Path, *, what: str = "weights file", hint: str = STATE_DICT_HINT) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file or of a plain state dict saved with ``torch.save``.
 
     ``torch.load`` runs with ``weights_only=True``: a pickled model object is refused, never
     executed. One wrapper level (``{"state_dict": ...}``, ``{"model": ...}``) and the key
     prefixes ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) are removed.
+    Every failure is one :class:`CheckpointError` naming the file, ending with ``hint``.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist; give the state dict your training code saved")
+        raise CheckpointError(f"{what} {path} does not exist; {hint}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -111,16 +115,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state: Any = load_file(str(path))
         except Exception as exc:  # safetensors raises its own types on corrupt or foreign files
             raise CheckpointError(
-                f"{path} is not a valid safetensors file ({str(exc).splitlines()[0]}); "
-                "save it with safetensors.torch.save_file(model.state_dict(), path)"
+                f"refusing to load {path}: not a valid safetensors file ({str(exc).splitlines()[0]}); {hint}"
             ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle refused, or not a torch file
             raise CheckpointError(
-                f"refusing to load {path}: not a plain tensor state dict ({type(exc).__name__}); save "
-                "model.state_dict() (not the model object) with torch.save, or use .safetensors"
+                f"refusing to load {path}: not a plain tensor state dict ({type(exc).__name__}); {hint}"
             ) from None
     if isinstance(state, dict):
         for key in _WRAPPERS:
@@ -130,9 +132,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise CheckpointError(
-            f"{path} does not hold a state dict of tensors; save model.state_dict() with torch.save or safetensors"
-        )
+        raise CheckpointError(f"{path} does not hold a state dict of tensors; {hint}")
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -159,15 +159,18 @@ def load_into(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path, 
 
 
 def _head_key(net: nn.Module) -> str | None:
-    """The state-dict key of the classification layer's weight (timm ``get_classifier``, else the last Linear)."""
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    if not isinstance(head, nn.Linear):
-        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        head = linears[-1] if linears else None
-    for name, mod in net.named_modules():
-        if mod is head:
-            return f"{name}.weight"
-    return None
+    """The state-dict key of the classification layer's weight: the last Linear of the head."""
+    from robsal.models.build import _head_of
+
+    try:
+        head = _head_of(net)  # timm get_classifier(), else fc / classifier / head / heads
+    except ConfigError:
+        head = net
+    linears = [name for name, m in head.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return None
+    prefix = next(name for name, m in net.named_modules() if m is head)
+    return ".".join(p for p in (prefix, linears[-1], "weight") if p)
 
 
 def sha256(path: str | Path) -> str:
