@@ -44,16 +44,25 @@ def test_models_flag_picks_config_models_and_imported_directories(tmp_path):
         validate(bad)
 
 
-def test_fingerprints_of_configs_without_imported_models_are_unchanged():
-    """``models[].path`` joined the config later; unset, it leaves every fingerprint as it was."""
-    from robsal.rundir import fingerprint
+def test_models_path_is_hashed_only_when_set():
+    """``models[].path`` joined the config later: unset, the fingerprint is the hash of the config
+    without the field (what robsal wrote before it existed); set, it changes the fingerprint."""
+    import hashlib
+    import json
+
+    from robsal.rundir import SECTIONS, fingerprint
 
     cfg = load_config("tiny", ["device=cpu"])
+    d = cfg.to_dict()
+    assert all(m["path"] is None for m in d["models"])
+    for m in d["models"]:
+        del m["path"]
+    old = hashlib.sha256(json.dumps({s: d[s] for s in SECTIONS["train"]}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    assert fingerprint(cfg, "train") == old
     with_path = copy.deepcopy(cfg)
     with_path.models[0].path = "/somewhere"
-    assert fingerprint(cfg, "train") != fingerprint(with_path, "train")
-    d = cfg.to_dict()
-    assert all("path" in m for m in d["models"])  # the field is there, and still not hashed when None
+    assert fingerprint(with_path, "train") != old
 
 
 @pytest.mark.slow

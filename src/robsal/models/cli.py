@@ -69,9 +69,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from robsal.models.imported import import_model
 
     spec = _spec_file(args.spec) if args.spec else {}
-    flags = {"arch": args.arch, "weights": args.weights, "classes": args.classes, "image_size": args.image_size,
-             "mean": args.mean, "std": args.std, "gradcam_layer": args.gradcam_layer, "eps": args.eps}
-    spec.update({k: v for k, v in flags.items() if v is not None})
+    spec.update({k: getattr(args, k) for k in _KEYS if getattr(args, k) is not None})  # flags override the file
     for key in ("arch", "weights", "classes"):
         if not spec.get(key):
             raise ConfigError(f"import-model needs --{key} (or {key}: in the spec file)")

@@ -18,7 +18,7 @@ import torch
 from robsal import signals
 from robsal.config import Config, ModelSpec
 from robsal.errors import CheckpointError
-from robsal.rundir import fingerprint, is_complete
+from robsal.rundir import fingerprint
 
 
 def adoption_fingerprint(cfg: Config, spec: ModelSpec) -> str:
@@ -36,15 +36,15 @@ def adoption_fingerprint(cfg: Config, spec: ModelSpec) -> str:
                        adopted={"path": str(src.resolve()), "sha256": sha256(weights)})
 
 
-def adopt_one(cfg: Config, spec: ModelSpec, data, model_dir: Path, *, device: torch.device,
+def adopt_one(cfg: Config, spec: ModelSpec, data, model_dir: Path, *, fp: str, device: torch.device,
               progress: bool = True) -> Path:
-    """Copy ``spec.path`` into ``model_dir`` (weights unchanged), evaluate it, write ``model.json``."""
+    """Copy ``spec.path`` into ``model_dir`` (weights unchanged), evaluate it, write ``model.json``
+    with fingerprint ``fp`` (:func:`adoption_fingerprint`)."""
     from robsal.models import load, save
     from robsal.training.evaluate import evaluate_model
     from robsal.utils import git_commit
 
     src = Path(str(spec.path))
-    fp = adoption_fingerprint(cfg, spec)
     model = load(src, device)
     classes, size = list(model.meta["classes"]), int(model.meta.get("image_size") or 224)
     if classes != list(data.classes):
@@ -59,15 +59,11 @@ def adopt_one(cfg: Config, spec: ModelSpec, data, model_dir: Path, *, device: to
         )
     t0 = time.perf_counter()
     metrics = evaluate_model(model, data, cfg, device=device, progress=progress, desc=spec.name)
-    extra: dict[str, Any] = {"name": spec.name, "adopted_from": str(src.resolve()), "config": cfg.to_dict(),
-                             "commit": git_commit(), "fingerprint": fp, "metrics": metrics}
-    extra["eps"] = float(model.meta.get("eps") or 0.0)
+    extra: dict[str, Any] = {"name": spec.name, "eps": float(model.meta.get("eps") or 0.0),
+                             "adopted_from": str(src.resolve()), "config": cfg.to_dict(), "commit": git_commit(),
+                             "fingerprint": fp, "metrics": metrics}
     with signals.deferred():  # model.safetensors and model.json are written as a pair
         save(model.to("cpu"), model_dir, **extra)
     if progress:
         print(f"{spec.name}: imported from {src} and evaluated in {time.perf_counter() - t0:.1f} s", flush=True)
     return model_dir
-
-
-def is_adopted(model_dir: Path, cfg: Config, spec: ModelSpec) -> bool:
-    return is_complete(model_dir, adoption_fingerprint(cfg, spec))

@@ -456,11 +456,12 @@ def train_models(
         for spec in specs:
             model_dir = run_dir / "models" / spec.name
             if spec.path is not None:  # a model robsal did not train (robsal.training.adopt)
-                from robsal.training.adopt import adopt_one, is_adopted
+                from robsal.training.adopt import adopt_one, adoption_fingerprint
 
-                if not is_adopted(model_dir, cfg_t, spec):
-                    distributed.on_main(lambda s=spec, d=model_dir: adopt_one(cfg_t, s, data, d, device=dev,
-                                                                          progress=progress))
+                fp = adoption_fingerprint(cfg_t, spec)  # hashes the weights file once
+                if not is_complete(model_dir, fp):
+                    distributed.on_main(lambda s=spec, d=model_dir, f=fp: adopt_one(
+                        cfg_t, s, data, d, fp=f, device=dev, progress=progress))
                 elif progress:
                     print(f"{spec.name}: already imported, skipping", flush=True)
             elif is_complete(model_dir, training_fingerprint(cfg_t, spec)):
